@@ -1,0 +1,11 @@
+"""Segment land cover: a QGIS Processing plugin backed by a PyTorch engine.
+
+This folder is both the QGIS plugin and the Python package ``landcover``.
+QGIS calls :func:`classFactory`; everything else imports ``landcover.engine``.
+"""
+
+
+def classFactory(iface):  # noqa: N802 (QGIS's name)
+    from landcover.plugin.plugin import LandCoverPlugin
+
+    return LandCoverPlugin(iface)
