@@ -4,7 +4,10 @@
 #      skipped when it is already installed;
 #   2. a venv in .venv made from /usr/bin/python3 with --system-site-packages
 #      (so it sees Debian's qgis, PyQt5 and osgeo);
-#   3. this project, editable, as the package `landcover` with its pinned requirements.
+#   3. this project, editable, as the package `landcover` with its pinned requirements;
+#   4. the QGIS plugin: the venv's interpreter recorded for it (plugin/engine_python.txt),
+#      this folder linked into the QGIS profile as `landcover` and enabled
+#      (QGIS_CUSTOM_CONFIG_PATH picks another QGIS config folder).
 # Usage: ./setup.sh            (set LANDCOVER_SKIP_QGIS=1 to skip step 1)
 set -euo pipefail
 
@@ -64,6 +67,38 @@ make_venv() {
     "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
 }
 
+record_engine_python() {
+    # The QGIS plugin runs the engine in a child process with this interpreter
+    # (plugin/settings.py; LANDCOVER_PYTHON or the plugin's settings override it).
+    printf '%s\n' "$VENV/bin/python" > "$ROOT/plugin/engine_python.txt"
+}
+
+install_plugin() {
+    # Link this folder into the QGIS profile as the plugin `landcover` and enable it, so
+    # QGIS and `qgis_process run landcover:segmentlandcover ...` find it.
+    local config="${QGIS_CUSTOM_CONFIG_PATH:-$HOME/.local/share/QGIS/QGIS3}"
+    local plugins="$config/profiles/default/python/plugins"
+    mkdir -p "$plugins"
+    if [ -e "$plugins/landcover" ] && [ ! -L "$plugins/landcover" ]; then
+        log "warning: $plugins/landcover is not a link to this clone; left as it is"
+    else
+        ln -sfn "$ROOT" "$plugins/landcover"
+    fi
+    if command -v qgis_process >/dev/null 2>&1; then
+        # (it exits 1 with "Plugin is already enabled!" on a second run)
+        local said
+        if said="$(QT_QPA_PLATFORM=offscreen qgis_process plugins enable landcover 2>&1)" \
+            || [[ "$said" == *"already enabled"* ]]; then
+            log "QGIS plugin 'landcover' linked into $plugins and enabled"
+        else
+            log "warning: could not enable the QGIS plugin 'landcover'; qgis_process said:"
+            printf '%s\n' "$said" >&2
+        fi
+    fi
+}
+
 if [ "${LANDCOVER_SKIP_QGIS:-0}" != "1" ]; then install_qgis; fi
 make_venv
+record_engine_python
+install_plugin
 log "done: activate with  source $VENV/bin/activate  (command: landcover --help)"

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``landcover benchmark``: one module per kind (see commands/benchmark.py)."""
