@@ -5,7 +5,7 @@ QGIS calls :func:`classFactory`; everything else imports ``landcover.engine``.
 """
 
 
-def classFactory(iface):  # noqa: N802 (QGIS's name)
+def classFactory(iface):  # (QGIS's name, not snake_case)
     from landcover.plugin.plugin import LandCoverPlugin
 
     return LandCoverPlugin(iface)

@@ -417,9 +417,7 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int, int]:
     try:
         header = json.loads(header_raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _bad_file(
-            path, "has a corrupted header", _GET_AGAIN
-        ) from None
+        raise _bad_file(path, "has a corrupted header", _GET_AGAIN) from None
     if not isinstance(header, dict):
         raise _not_a_package(path, first)
     return header, header_bytes, file_bytes
@@ -427,9 +425,7 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int, int]:
 
 def _tensor_entries(path: Path, header: dict[str, Any]) -> tuple[dict[str, TensorEntry], int]:
     """Tensor dtypes and shapes from the header, and the data section's expected length."""
-    corrupted = _bad_file(
-        path, "has a corrupted header", _GET_AGAIN
-    )
+    corrupted = _bad_file(path, "has a corrupted header", _GET_AGAIN)
     entries: dict[str, TensorEntry] = {}
     data_end = 0
     for name, entry in header.items():
@@ -456,11 +452,7 @@ def inspect_model_package(path: str | os.PathLike[str]) -> PackageInfo:
     tensors, data_bytes = _tensor_entries(path, header)
     expected = _SIZE_PREFIX + header_bytes + data_bytes
     if file_bytes < expected:
-        raise _bad_file(
-            path,
-            f"is truncated ({file_bytes} of {expected} bytes)",
-            _GET_AGAIN,
-        )
+        raise _bad_file(path, f"is truncated ({file_bytes} of {expected} bytes)", _GET_AGAIN)
     if file_bytes > expected:
         raise _bad_file(
             path,
@@ -479,9 +471,7 @@ def inspect_model_package(path: str | os.PathLike[str]) -> PackageInfo:
     try:
         document = json.loads(metadata[METADATA_KEY])
     except (TypeError, json.JSONDecodeError):
-        raise _bad_file(
-            path, "has corrupted landcover metadata (not JSON)", _GET_AGAIN
-        ) from None
+        raise _bad_file(path, "has corrupted landcover metadata (not JSON)", _GET_AGAIN) from None
     if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
         raise _bad_file(
             path,
@@ -491,7 +481,7 @@ def inspect_model_package(path: str | os.PathLike[str]) -> PackageInfo:
         )
     version = document.get("format_version")
     if not _is_int(version) or version < 1:
-        raise _bad_file(path, f"has an invalid format_version {version!r}", "re-export it")
+        raise _bad_file(path, f"has an invalid format_version {version!r}", _GET_AGAIN)
     if version > FORMAT_VERSION:
         raise _bad_file(
             path,
@@ -502,12 +492,12 @@ def inspect_model_package(path: str | os.PathLike[str]) -> PackageInfo:
     weights = document.get("weights")
     if not (isinstance(weights, dict) and isinstance(weights.get("sha256"), str)
             and isinstance(weights.get("buffers"), list)):
-        raise _bad_file(path, "has metadata without its weights section", "re-export it")
+        raise _bad_file(path, "has metadata without its weights section", _GET_AGAIN)
     fields = {k: v for k, v in document.items() if k not in ("format", "format_version", "weights")}
     try:
         meta = ModelMeta.from_dict(fields)
     except ConfigError as error:
-        raise _bad_file(path, f"has invalid metadata: {error}", "re-export the package") from None
+        raise _bad_file(path, f"has invalid metadata: {error}", _GET_AGAIN) from None
     return PackageInfo(
         path=path,
         format_version=version,
@@ -560,9 +550,10 @@ def _deploy_state(model: nn.Module, half: bool) -> tuple[dict[str, torch.Tensor]
     return tensors, sorted(buffer_names & tensors.keys())
 
 
-def _data_section(blob: bytes) -> bytes:
+def _data_section(blob: bytes) -> memoryview:
+    """The tensor bytes after a safetensors header (a view, not a copy)."""
     (header_bytes,) = struct.unpack("<Q", blob[:_SIZE_PREFIX])
-    return blob[_SIZE_PREFIX + header_bytes:]
+    return memoryview(blob)[_SIZE_PREFIX + header_bytes:]
 
 
 def save_model_package(
@@ -655,7 +646,7 @@ def _check_weights_fit(path: Path, model: nn.Module, tensors: dict[str, torch.Te
             path,
             f"has weights that do not fit its architecture {model.arch!r} "
             f"({'; '.join(problems)})",
-            "the file was edited or made by another program; re-export it",
+            "the file was edited or made by another program; get the original package",
         )
 
 
@@ -673,17 +664,11 @@ def load_model_package(
         raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use cpu")
     blob = info.path.read_bytes()
     if hashlib.sha256(_data_section(blob)).hexdigest() != info.weights_sha256:
-        raise _bad_file(
-            info.path,
-            "has corrupted weights (checksum mismatch)",
-            _GET_AGAIN,
-        )
+        raise _bad_file(info.path, "has corrupted weights (checksum mismatch)", _GET_AGAIN)
     try:
         tensors = load(blob)
     except SafetensorError as error:
-        raise _bad_file(
-            info.path, f"cannot be read ({error})", _GET_AGAIN
-        ) from None
+        raise _bad_file(info.path, f"cannot be read ({error})", _GET_AGAIN) from None
     del blob
     model = _build_model(info)
     _check_weights_fit(info.path, model, tensors)

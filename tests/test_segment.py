@@ -151,6 +151,7 @@ def _seam_ratio(first, second, grids):
     differ = first != second
     elsewhere = differ[~near].mean()
     assert elsewhere > 0.002, "the tilings agree everywhere: the test would prove nothing"
+    print(f"disagreement near tile edges {differ[near].mean():.4f}, elsewhere {elsewhere:.4f}")
     return differ[near].mean() / elsewhere
 
 
@@ -189,10 +190,12 @@ def test_no_seams_between_blended_tiles_while_cut_tiles_show_them(tmp_path):
         _cut_tiles(package.model, image, SEAM_TILE, offset) for offset in (0, SEAM_TILE // 2)
     )
     cut = _seam_ratio(cut_a, cut_b, [grid_a, grid_b])
-    # The model's classes follow the content (several classes, not noise).
-    assert np.bincount(runs[0][0].ravel(), minlength=4).min() > 0.05 * runs[0][0].size
     assert blended <= 1.5, f"blended tiles show seams: {blended:.2f}"
     assert cut > 1.5, f"the cutting tiler should show seams, got only {cut:.2f}"
+    # The model's classes follow the content: all four, in regions, not pixel noise.
+    classes = runs[0][0]
+    assert np.bincount(classes.ravel(), minlength=4).min() > 0.02 * classes.size
+    assert (classes[:, 1:] != classes[:, :-1]).mean() < 0.1
 
 
 # ------------------------------------------------------------------------ nodata

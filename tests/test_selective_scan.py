@@ -7,6 +7,7 @@ the pixels in each scan order. The first run on a machine compiles the numba ker
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -29,9 +30,10 @@ from landcover.engine.ops.scan_reference import ss2d_scan_reference
 
 DIRECTIONS = 4
 INPUT_NAMES = ("u", "dt", "A", "B", "C", "D", "dt_bias")
-# (batch, H, W, Di): non-square maps, batch 2, and for numba (64 channels a block) a block
-# smaller than 64, exactly one block, and a full block plus a partial one
-SHAPES = [(1, 5, 7, 6), (2, 4, 9, 40), (1, 8, 8, 64), (1, 3, 17, 70)]
+# (batch, H, W, Di): non-square maps, batch 2; for numba (blocks of 64 channels, the last
+# one zero-padded) channels within one padded block, exactly one block, and one block plus
+# a padded one; and 153 steps: three chunks of its backward pass (64 steps each)
+SHAPES = [(1, 5, 7, 6), (2, 4, 9, 40), (1, 8, 8, 64), (1, 3, 17, 70), (1, 9, 17, 8)]
 CPU_BACKENDS = [name for name in ("numba", "torch") if name in available_scan_backends()]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -75,11 +77,18 @@ def assert_close(actual, expected, what, rel=1e-5):
     assert error <= rel * scale, f"{what}: max error {error:.3g}, scale {scale:.3g}"
 
 
-def compare_to_reference(scan, shape, dtype=torch.float32, device="cpu", seed=0):
+@functools.cache
+def reference_results(shape, seed):
+    """Inputs, an output gradient, and the reference's output and input gradients in fp64
+    (cached: several backends are compared with the same case)."""
     inputs = make_inputs(*shape, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
     grad_out = torch.randn(shape, generator=gen, dtype=torch.float64)
-    expected, expected_grads = run_with_grads(ss2d_scan_reference, inputs, grad_out, torch.float64)
+    return inputs, grad_out, *run_with_grads(ss2d_scan_reference, inputs, grad_out, torch.float64)
+
+
+def compare_to_reference(scan, shape, dtype=torch.float32, device="cpu", seed=0):
+    inputs, grad_out, expected, expected_grads = reference_results(shape, seed)
     on_device = {name: x.to(device) for name, x in inputs.items()}
     actual, grads = run_with_grads(scan, on_device, grad_out.to(device), dtype)
     assert_close(actual, expected, "output")
@@ -176,6 +185,37 @@ def test_reference_backend_matches_direct_loop():
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_backend_matches_reference(backend, shape):
     compare_to_reference(lambda *xs: ss2d_scan(*xs, backend=backend), shape)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_direction_major_dt(backend):
+    # dt as a matmul batched over the directions leaves it: (K, b, H, W, Di) in memory
+    # (numba reads it in place)
+    def scan(u, dt, *rest):
+        direction_major = dt.permute(3, 0, 1, 2, 4).contiguous().permute(1, 2, 3, 0, 4)
+        return ss2d_scan(u, direction_major, *rest, backend=backend)
+
+    compare_to_reference(scan, (2, 3, 5, 64))
+
+
+def test_torch_backend_with_multi_step_chunks(monkeypatch):
+    # at test sizes every chunk is one step; a small per-step target gives 64 chunks of 3
+    # steps (stage 1 and 3 loops, stage 2 carry) and, under autograd, checkpoint segments
+    from landcover.engine.ops import scan_torch
+
+    monkeypatch.setitem(scan_torch._STEP_VALUES, "cpu", 1)
+    monkeypatch.setattr(scan_torch, "_CHECKPOINT_STEPS", 2)
+    compare_to_reference(lambda *xs: ss2d_scan(*xs, backend="torch"), (1, 10, 13, 3))
+
+
+@pytest.mark.skipif("numba" not in CPU_BACKENDS, reason="numba is not installed")
+def test_numba_reads_direction_major_dt_in_place():
+    from landcover.engine.ops.scan_numba import _dt_rows
+
+    dt = torch.randn(DIRECTIONS, 2, 3, 5, 64).permute(1, 2, 3, 0, 4)  # (b, H, W, K, Di)
+    rows, strides = _dt_rows(dt)
+    assert rows.ctypes.data == dt.data_ptr()
+    assert strides.tolist() == [15, 1, 30]  # rows per batch item, pixel, direction
 
 
 @pytest.mark.skipif("numba" not in CPU_BACKENDS, reason="numba is not installed")

@@ -149,6 +149,11 @@ def _run_child(config: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- report
 
 
+def _number(value: float) -> str:
+    """Three significant digits, without an exponent for large values."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def format_table(results: list[dict[str, Any]]) -> str:
     first = results[0]
     lines = [
@@ -162,7 +167,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
         "",
     ]
     header = (
-        "model", "params train", "params deploy", "GMACs conv+scan=total", "GFLOPs",
+        "model", "params train", "params deploy", "GMACs counted+scan=total", "GFLOPs",
         "latency ms", "MP/s", "peak MB", "R GMAC/s", "ratio (scan)", "ratio torch scan",
     )
     rows = [header]
@@ -174,7 +179,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
             f"{r['params_deploy'] / 1e6:.2f}M",
             f"{r['counted_gmacs']:.4g}+{r['scan_gmacs']:.4g}={r['total_gmacs']:.4g}",
             f"{r['gflops']:.4g}",
-            f"{r['latency_ms']:.4g}",
+            _number(r["latency_ms"]),
             f"{r['megapixels_per_s']:.3g}",
             f"{r['peak_memory_mb']:.0f}",
             f"{r['conv_gmacs_per_s']:.3g}",
@@ -183,7 +188,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
 

@@ -247,9 +247,11 @@ class Segmenter:
         if not self.inputs:
             raise ConfigError("no input raster given")
         torch_device, self.device = select_device(device)
-        package = model if isinstance(model, ModelPackage) else load_model_package(
-            model, device=torch_device
-        )
+        if isinstance(model, ModelPackage):
+            package = model
+            package.model.to(torch_device)
+        else:
+            package = load_model_package(model, device=torch_device)
         self.model_path = os.fspath(package.path)
         self.meta = meta = package.meta
         band_stats = {"mean": [b.mean for b in meta.bands], "std": [b.std for b in meta.bands],
@@ -270,17 +272,18 @@ class Segmenter:
             open_source(self.inputs, bands=bands, nodata=nodata, grid=work_grid, **band_stats)
             if self.resampled else self.native
         )
+        if overlap is None:  # the model's overlap, as the same share of another tile size
+            overlap = meta.tile_overlap if tile is None else \
+                meta.tile_overlap * tile // meta.tile_size
         self.tiles = TileGrid.plan(
-            work_grid.width, work_grid.height,
-            meta.tile_size if tile is None else tile,
-            meta.tile_overlap if overlap is None else overlap,
-            multiple=getattr(package.model, "input_multiple", 32),
-            offset=tile_offset,
+            work_grid.width, work_grid.height, meta.tile_size if tile is None else tile,
+            overlap, multiple=getattr(package.model, "input_multiple", 32), offset=tile_offset,
         )
         self.predictor = Predictor(package.model, torch_device, batch_size=batch_size, tta=tta,
                                    log=self.log)
         self.tta = tta
         self.tiles_done = 0
+        self.tiles_run = 0
         self._log_plan()
 
     def log(self, level: str, message: str) -> None:
@@ -487,8 +490,7 @@ class Segmenter:
                        progress: Progress, is_cancelled: IsCancelled) -> None:
         """Probabilities warped (bilinear) from the model's grid back to the input's, one
         block-row at a time, to classes and confidence; nodata from the input itself."""
-        stored = gdal.Open(os.fspath(probability_path))
-        warped = warp_onto(stored, self.input_grid, None)
+        warped = warp_onto(gdal.Open(os.fspath(probability_path)), self.input_grid, None)
         classes = list(range(1, self.meta.num_classes + 1))
         alpha = warped.GetRasterBand(warped.RasterCount)
         grid = self.input_grid

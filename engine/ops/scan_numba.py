@@ -23,6 +23,7 @@ import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
+from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
@@ -110,6 +111,10 @@ def _position(k, t, height, width):
 _BLOCK_U = np.uint64(_BLOCK)
 
 
+# the intrinsic's name carries its pointer type, opaque ("p0") since LLVM 15
+_PREFETCH_NAME = "llvm.prefetch.p0" if llvm.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
+
+
 @intrinsic
 def _prefetch(typingctx, array, offset):
     """Hint the CPU to fetch array.flat[offset] into cache (never faults)."""
@@ -121,7 +126,7 @@ def _prefetch(typingctx, array, offset):
         address = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
         prefetch_type = ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32])
-        prefetch = cgutils.get_or_insert_function(builder.module, prefetch_type, "llvm.prefetch.p0")
+        prefetch = cgutils.get_or_insert_function(builder.module, prefetch_type, _PREFETCH_NAME)
         builder.call(prefetch, [address, i32(0), i32(3), i32(1)])  # read, keep, data cache
         return context.get_dummy_value()
 
@@ -136,13 +141,20 @@ def _prefetch_row(array, row, start, count):
 
 
 @njit(**_INLINE)
+def _dt_row(inputs, b, p, k):
+    """Row of dt_rows holding dt[b, pixel p, direction k, :]."""
+    strides = inputs[7]
+    return b * strides[0] + p * strides[1] + k * strides[2]
+
+
+@njit(**_INLINE)
 def _prefetch_inputs(inputs, b, p, k, d0):
     """Prefetch what one block reads at pixel p: the column-major walks jump W pixels per
     step, which the hardware prefetcher does not follow across pages."""
-    u, dt, _, B, C, _, _ = inputs
+    u, dt_rows, _, B, C, _, _, _ = inputs
     pixel = b * u.shape[1] + p
     _prefetch_row(u, pixel, np.int64(d0), _BLOCK)
-    _prefetch_row(dt, pixel * dt.shape[2] + k, np.int64(d0), _BLOCK)
+    _prefetch_row(dt_rows, _dt_row(inputs, b, p, k), np.int64(d0), _BLOCK)
     _prefetch_row(B, pixel * B.shape[2] + k, 0, B.shape[3])
     _prefetch_row(C, pixel * C.shape[2] + k, 0, C.shape[3])
 
@@ -151,9 +163,10 @@ def _prefetch_inputs(inputs, b, p, k, d0):
 def _state_step(inputs, b, p, k, d0, decay_rates, hist, i_in, i_out, delta, delta_u, y):
     """One step at pixel p of direction k for channels d0:d0+_BLOCK (decay_rates: their A):
     hist[i_out] = exp(delta * A) * hist[i_in] + delta * B * u, y = <C, hist[i_out]>."""
-    u, dt, _, B, C, _, dt_bias = inputs
+    u, dt_rows, _, B, C, _, dt_bias, _ = inputs
+    row = _dt_row(inputs, b, p, k)
     for d in range(_BLOCK_U):
-        step = _softplus(dt[b, p, k, d0 + d] + dt_bias[k, d0 + d])
+        step = _softplus(dt_rows[row, d0 + d] + dt_bias[k, d0 + d])
         delta[d] = step
         delta_u[d] = step * u[b, p, d0 + d]
         y[d] = _ZERO
@@ -176,7 +189,7 @@ def _load_decay_rates(A_t, k, d0, decay_rates):
 @njit(**_INLINE)
 def _forward_direction(inputs, height, width, b, k, d0, scratch, out, states):
     """Scan direction k for one channel block; direction 0 writes out, the others add."""
-    u, _, A_t, _, _, _, _ = inputs
+    u, _, A_t, _, _, _, _, _ = inputs
     decay_rates, hist, delta, delta_u, y, D_sum = scratch
     _load_decay_rates(A_t, k, d0, decay_rates)
     for n in range(A_t.shape[1]):
@@ -208,7 +221,7 @@ def _forward_direction(inputs, height, width, b, k, d0, scratch, out, states):
 def _forward_kernel(inputs, height, width, out, states):
     """out (b, L, Di) = merged scan output; states (b, K, chunks, N, Di) filled unless empty.
     Di is a multiple of _BLOCK."""
-    u, _, A_t, _, _, D, _ = inputs
+    u, _, A_t, _, _, D, _, _ = inputs
     batch, _, channels = u.shape
     directions, n_states, _ = A_t.shape
     n_blocks = channels // _BLOCK
@@ -237,7 +250,7 @@ def _backward_direction(inputs, height, width, states, dout, b, k, block, d0, sc
 
     adjoint holds exp(delta_{t+1} A) * dL/dh_{t+1}, the part of dL/dh_t from later steps.
     """
-    u, dt, A_t, B, C, D, dt_bias = inputs
+    u, dt_rows, A_t, B, C, D, dt_bias, _ = inputs
     (
         decay_rates,
         grad_rates,
@@ -288,8 +301,9 @@ def _backward_direction(inputs, height, width, states, dout, b, k, block, d0, sc
         for t in range(t1 - 1, t0 - 1, -1):
             p = _position(k, t, height, width)
             i = t - t0
+            row = _dt_row(inputs, b, p, k)
             for d in range(_BLOCK_U):
-                x = dt[b, p, k, d0 + d] + dt_bias[k, d0 + d]
+                x = dt_rows[row, d0 + d] + dt_bias[k, d0 + d]
                 step = _softplus(x)
                 delta[d] = step
                 delta_u[d] = step * u[b, p, d0 + d]
@@ -380,26 +394,58 @@ def _as_array(x: torch.Tensor, blocked: bool = False) -> np.ndarray:
     return x.contiguous().numpy()
 
 
+def _dt_rows(dt: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """dt (b, H, W, K, Di) as rows of Di values, and the row strides of batch, pixel and
+    direction (an int64 array: numba's parallel loops take no tuples of scalars).
+
+    No copy when memory holds dt densely in any order of (b, (H, W), K) with channels
+    innermost: position-major, or direction-major as a matmul batched over the directions
+    leaves it; otherwise a position-major copy.
+    """
+    dt = dt.detach()
+    width, channels = dt.shape[2], dt.shape[-1]
+    strides = dt.stride()
+    span = 1 + sum((size - 1) * stride for size, stride in zip(dt.shape, strides, strict=True))
+    usable = (
+        dt.dtype == torch.float32
+        and channels % _BLOCK == 0
+        and strides[-1] == 1
+        and all(stride % channels == 0 for stride in strides[:-1])
+        and strides[1] == width * strides[2]  # rows and columns merge into pixels
+        and span == dt.numel()  # no gaps: the rows cover exactly dt
+    )
+    if not usable:
+        dt = torch.from_numpy(_as_array(dt, blocked=True))
+        strides = dt.stride()
+    channels = dt.shape[-1]
+    rows = dt.as_strided((dt.numel() // channels, channels), (channels, 1))
+    batch_stride, _, pixel_stride, direction_stride, _ = (st // channels for st in strides)
+    return rows.numpy(), np.array([batch_stride, pixel_stride, direction_stride], np.int64)
+
+
 def _kernel_inputs(u, dt, A, B, C, D, dt_bias):
-    """The kernels' view of the inputs: fp32 arrays, position-major, A as (K, N, Di)."""
+    """The kernels' view of the inputs: fp32 arrays, position-major (dt: see _dt_rows), A
+    as (K, N, Di), channels padded to whole blocks."""
     batch, height, width, _ = u.shape
     directions, _, n_states = A.shape
     length = height * width
+    dt_rows, dt_strides = _dt_rows(dt)
     return (
         _as_array(u, blocked=True).reshape(batch, length, -1),
-        _as_array(dt, blocked=True).reshape(batch, length, directions, -1),
+        dt_rows,
         _as_array(A.transpose(1, 2), blocked=True),
         _as_array(B).reshape(batch, length, directions, n_states),
         _as_array(C).reshape(batch, length, directions, n_states),
         _as_array(D, blocked=True),
         _as_array(dt_bias, blocked=True),
+        dt_strides,
     )
 
 
 def _forward(inputs, height: int, width: int, save_states: bool):
     """The forward kernel on _kernel_inputs: out (b, L, padded Di) and the checkpoints
     (empty unless save_states)."""
-    u, _, A_t, _, _, _, _ = inputs
+    u, _, A_t, _, _, _, _, _ = inputs
     batch, length, channels = u.shape
     directions, n_states, _ = A_t.shape
     chunks = -(-length // _CHECKPOINT_INTERVAL)

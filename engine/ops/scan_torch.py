@@ -10,11 +10,12 @@ h_t = decay_t * h_{t-1} + drive_t then runs in three stages:
    chunk's total decay exp(A * sum(delta));
 3. all chunks at once again, T steps, from the true entry states: y_t = <C_t, h_t>.
 
-So every Python-level step works on a (batch, 4, Di, C, N) tensor and no tensor of a
+So every Python-level step works on a (batch, 4, Di, N, C) tensor and no tensor of a
 whole sequence's states is ever built; the decays exp(delta_t A) are computed step by
 step. Under autograd, stages 1 and 3 are checkpointed in segments of steps (recomputed in
-the backward pass), so memory stays bounded too. C is picked per device: small enough on
-CPU that a step's tensors stay in cache, large on GPUs so there are few steps to launch.
+the backward pass), so memory stays bounded too. C is picked so that each step has
+enough work to hide Python's overhead (more on GPUs), and so that it is the innermost,
+contiguous dimension every elementwise operation vectorises over.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from torch.utils.checkpoint import checkpoint
 
 from landcover.engine.ops.scan_reference import cross_merge, cross_scan
 
-# values in one step's (batch, 4, Di, N, C) tensor
-_STEP_VALUES = {"cpu": 1 << 21, "cuda": 1 << 24}
+# values in one step's (batch, 4, Di, N, C) tensor to aim for: enough work per step to
+# hide Python's per-operation overhead
+_STEP_VALUES = {"cpu": 1 << 21, "cuda": 1 << 22}
 _MIN_CHUNKS = 64  # chunks are the innermost, vectorised dimension
-_CHECKPOINT_STEPS = 32  # steps per checkpointed segment under autograd
+_CHECKPOINT_STEPS = 16  # steps per checkpointed segment under autograd
 
 
 def _run_steps(h, delta, drive_scale, B, C, A, emit: bool):
@@ -64,7 +66,8 @@ def _scan_chunks(h, delta, drive_scale, B, C, A, emit: bool, needs_grad: bool):
 
 def _chunk_count(length: int, values_per_chunk: int, device: torch.device) -> int:
     """About sqrt(L) chunks balances the T steps of stages 1 and 3 against the C of
-    stage 2; at least _MIN_CHUNKS, at most what fits the per-step budget."""
+    stage 2; more where a step's tensors would stay below the per-step target; at least
+    _MIN_CHUNKS, at most L."""
     budget = _STEP_VALUES.get(device.type, _STEP_VALUES["cpu"])
     chunks = max(math.isqrt(length), _MIN_CHUNKS, budget // values_per_chunk)
     return min(chunks, length)

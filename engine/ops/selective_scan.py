@@ -7,7 +7,7 @@ at each pixel. Backends, all differentiable w.r.t. every input, all checked agai
 
 - "reference": a step-by-step torch loop (scan_reference), the ground truth; slow.
 - "numba": the fast CPU kernels (scan_numba), fp32.
-- "torch": chunked log-depth scan in plain torch (scan_torch), CPU or GPU, no compiler.
+- "torch": a chunked two-level scan in plain torch (scan_torch), CPU or GPU, no compiler.
 - "mamba_ssm": mamba-ssm's CUDA kernel (scan_mamba_ssm), when installed.
 
 Choice: the ``backend`` argument, else ``use_scan_backend(name)``, else the environment
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -70,7 +71,14 @@ def _import_backend(name: str) -> Scan:
 def _backend_function(name: str) -> Scan | None:
     try:
         return _import_backend(name)
-    except (ImportError, OSError):  # OSError: a CUDA extension whose libraries are missing
+    except (ImportError, OSError) as error:  # OSError: a CUDA library that is missing
+        if name == "numba":  # a dependency of the project: its absence is a broken install
+            warnings.warn(
+                f"numba cannot be imported ({error}); on CPU the selective scan falls back to "
+                "the pure-torch path, over ten times slower. Reinstall numba to fix this.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return None
 
 

@@ -110,8 +110,7 @@ class _Layer:
     """One input on the working grid and the bands read from it."""
 
     path: str
-    dataset: gdal.Dataset  # the input itself, or a warped VRT of it
-    source: gdal.Dataset  # keeps the input open under a warped VRT
+    dataset: gdal.Dataset  # the input itself, or a warped VRT of it (which keeps it open)
     band_numbers: list[int]
     nodata: list[float | None]
     alpha_band: int | None  # explicit alpha band (warped VRTs)
@@ -146,7 +145,7 @@ def _direct_layer(path: str, dataset: gdal.Dataset, bands: list[int], nodata: fl
         values = [dataset.GetRasterBand(b).GetNoDataValue() for b in bands]
     else:
         values = [nodata] * len(bands)
-    return _Layer(path, dataset, dataset, bands, values, None, per_dataset_mask)
+    return _Layer(path, dataset, bands, values, None, per_dataset_mask)
 
 
 class RasterSource:
@@ -243,7 +242,7 @@ def open_source(
             # The warped VRT holds the input's data bands in order, then its alpha band.
             data_numbers = data_band_numbers(dataset)
             warped_numbers = [data_numbers.index(n) + 1 for n in numbers]
-            layer = _Layer(path, warped, dataset, warped_numbers, [None] * len(numbers),
+            layer = _Layer(path, warped, warped_numbers, [None] * len(numbers),
                            warped.RasterCount, False)
         layer_index = len(layers)
         layers.append(layer)
