@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from landcover.engine.commands import COMMANDS
 from landcover.engine.errors import LandcoverError
+from landcover.engine.runtime import keep_freed_memory
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
@@ -41,6 +42,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
+    keep_freed_memory()
     debug = args.debug or os.environ.get("LANDCOVER_DEBUG") == "1"
     try:
         return int(args._run(args) or 0)

@@ -48,6 +48,14 @@ def landsat_model(tmp_path_factory):
     )
 
 
+@pytest.fixture(scope="module")
+def naip_small(tmp_path_factory):
+    """A georeferenced 96 x 96 RGB crop of the NAIP sample (5 m): one tile, fast."""
+    path = tmp_path_factory.mktemp("rasters") / "naip_small.tif"
+    gdal.Translate(str(path), str(NAIP), srcWin=[100, 100, 96, 96], bandList=[1, 2, 3])
+    return path
+
+
 def _polygons(path):
     """(class ids, shapely polygons, area field) of the class layer."""
     dataset = ogr.Open(str(path))
@@ -257,12 +265,12 @@ def test_nodata_tiles_skip_the_model(tmp_path, landsat_model):
 
 
 @pytest.mark.parametrize(("tta", "passes"), [("none", 1), ("flip", 3), ("d4", 8)])
-def test_tta_forward_passes(tmp_path, rgb_model, tta, passes):
+def test_tta_forward_passes(tmp_path, rgb_model, naip_small, tta, passes):
     package = load_model_package(rgb_model)
     seen = []
     package.model.register_forward_hook(lambda module, args, output: seen.append(len(args[0])))
     messages = []
-    result = segment(RGB_BYTE, package, tmp_path / "c.tif", tta=tta,
+    result = segment(naip_small, package, tmp_path / "c.tif", tta=tta, tile=64, overlap=0,
                      log=lambda level, message: messages.append(message))
     assert result.passes_per_tile == passes
     assert sum(seen) == result.tiles_run * passes
@@ -271,7 +279,7 @@ def test_tta_forward_passes(tmp_path, rgb_model, tta, passes):
 
 
 def test_d4_tta_makes_the_result_equivariant_to_the_square_symmetries(tmp_path, rgb_model):
-    image = gdal.Open(str(NAIP)).ReadAsArray()[:3, :64, :64]
+    image = gdal.Open(str(NAIP)).ReadAsArray()[:3, :64, :64]  # one tile
     results = []
     for turns in (0, 1):
         path = tmp_path / f"rotated_{turns}.tif"
@@ -336,8 +344,8 @@ def test_cancel_removes_everything_and_keeps_an_older_output(tmp_path, rgb_model
     assert old.read_bytes() == b"an older run's result"
 
 
-def test_cancel_during_polygons(tmp_path, rgb_model):
-    segmenter = Segmenter(RGB_BYTE, rgb_model, log=_quiet)
+def test_cancel_during_polygons(tmp_path, rgb_model, naip_small):
+    segmenter = Segmenter(naip_small, rgb_model, log=_quiet)
     with pytest.raises(SegmentationCancelled):
         segmenter.run(tmp_path / "c.tif", out_vector=tmp_path / "p.gpkg",
                       is_cancelled=lambda: segmenter.tiles_done == len(segmenter.tiles))
@@ -347,7 +355,7 @@ def test_cancel_during_polygons(tmp_path, rgb_model):
 def test_progress_rises_to_one(tmp_path, rgb_model):
     fractions = []
     segment(RGB_BYTE, rgb_model, tmp_path / "c.tif", out_vector=tmp_path / "p.gpkg",
-            min_area=200_000, tile=64, progress=fractions.append, log=_quiet)
+            min_area=200_000, progress=fractions.append, log=_quiet)
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) > 5
 
 
@@ -387,34 +395,38 @@ def test_no_georeferencing_works_in_pixel_units_with_a_warning(tmp_path, rgb_mod
         assert areas[ids == info.id].sum() == pytest.approx(info.pixels)
 
 
-def test_gsd_auto_resamples_between_1_25x_and_4x(tmp_path):
-    model = make_package(tmp_path / "m.lcm", gsd_m=2.5, tile=256)
-    result = segment(NAIP, model, tmp_path / "c.tif", bands=[1, 2, 3], log=_quiet)
+def test_gsd_auto_resamples_between_1_25x_and_4x(tmp_path, naip_small):
+    model = make_package(tmp_path / "m.lcm", gsd_m=2.5)
+    result = segment(naip_small, model, tmp_path / "c.tif", out_confidence=tmp_path / "p.tif",
+                     log=_quiet)
     assert result.resampled and result.processing_gsd_m == pytest.approx(2.5)
-    out = gdal.Open(str(tmp_path / "c.tif"))
-    assert (out.RasterXSize, out.RasterYSize) == (384, 384)
-    assert out.GetGeoTransform() == gdal.Open(str(NAIP)).GetGeoTransform()
+    for name in ("c.tif", "p.tif"):  # back on the input's grid
+        out = gdal.Open(str(tmp_path / name))
+        assert (out.RasterXSize, out.RasterYSize) == (96, 96)
+        assert out.GetGeoTransform() == gdal.Open(str(naip_small)).GetGeoTransform()
     assert result.nodata_pixels == 0
-    # Processed on a 768 x 768 grid of 2.5 m pixels.
-    assert result.tiles == len(TileGrid.plan(768, 768, 256, 32))
+    # Processed on a 192 x 192 grid of 2.5 m pixels.
+    assert result.tiles == len(TileGrid.plan(192, 192, 128, 32)) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "c.areas.json", "c.tif", "c.tif.aux.xml", "m.lcm", "p.tif"
+    ]  # the probabilities on the model's grid were scratch
 
-    native = segment(NAIP, make_package(tmp_path / "n.lcm", gsd_m=5.5), tmp_path / "n.tif",
-                     bands=[1, 2, 3], log=_quiet)
+    native = segment(naip_small, make_package(tmp_path / "n.lcm", gsd_m=5.5),
+                     tmp_path / "n.tif", log=_quiet)
     assert not native.resampled  # within 25%
 
 
-def test_gsd_beyond_4x_runs_native_and_names_both(tmp_path):
+def test_gsd_beyond_4x_runs_native_and_names_both(tmp_path, naip_small):
     model = make_package(tmp_path / "m.lcm", gsd_m=0.3)
-    result = segment(NAIP, model, tmp_path / "c.tif", bands=[1, 2, 3], log=_quiet)
+    result = segment(naip_small, model, tmp_path / "c.tif", log=_quiet)
     assert not result.resampled
     assert any("(5 m)" in w and "(0.3 m)" in w for w in result.warnings)
 
 
-def test_gsd_option_in_metres(tmp_path, rgb_model):
-    result = segment(NAIP, rgb_model, tmp_path / "c.tif", bands=[1, 2, 3], gsd="10",
-                     log=_quiet)
+def test_gsd_option_in_metres(tmp_path, rgb_model, naip_small):
+    result = segment(naip_small, rgb_model, tmp_path / "c.tif", gsd="10", log=_quiet)
     assert result.resampled and result.processing_gsd_m == 10
-    assert read_band(tmp_path / "c.tif").shape == (384, 384)
+    assert read_band(tmp_path / "c.tif").shape == (96, 96)
 
 
 # ------------------------------------------------------------------------ polygons

@@ -91,11 +91,9 @@ def _check_arguments(args: argparse.Namespace) -> list[str]:
 
 def _scan_backend_for(requested: str, device: Any) -> str:
     """The backend ``ss2d_scan`` will run with ``use_scan_backend(requested)`` on ``device``."""
-    from landcover.engine.ops import use_scan_backend
-    from landcover.engine.ops.selective_scan import _resolve
+    from landcover.engine.ops import resolve_scan_backend
 
-    with use_scan_backend(requested):
-        return _resolve(None, device)
+    return resolve_scan_backend(device, requested)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -341,6 +339,9 @@ def _reference_conv_rate(device: Any, synchronize: Any) -> float:
 
 
 def _child_main(argv: list[str]) -> int:
+    from landcover.engine.runtime import keep_freed_memory
+
+    keep_freed_memory()  # run the model as the engine's command line runs it
     config_json, result_path = argv
     result = measure(json.loads(config_json))
     Path(result_path).write_text(json.dumps(result))

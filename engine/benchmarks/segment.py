@@ -7,7 +7,8 @@ The child reports megapixels per second end to end, the share of wall time spent
 reading, in the model, blending, writing (with the area table) and making polygons, and
 peak memory (resident set size) of the raster stages and of the polygon stage apart
 (Linux: ``/proc/self/status`` VmHWM, reset between the stages through
-``/proc/self/clear_refs``).
+``/proc/self/clear_refs``); ``+poly MB`` is the polygon stage's peak above the memory the
+process held when it began.
 
 The imagery has regions of a few land-cover-like colours with texture. Without
 ``--model``, the benchmark fits a ``unetmamba_tiny`` to that imagery for a few seconds
@@ -52,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="FILE", help="model package (default: a fitted --arch)")
     parser.add_argument("--arch", default="unetmamba_tiny",
                         help="architecture fitted to the imagery when no --model is given")
-    parser.add_argument("--fit-steps", type=int, default=60, help="fitting steps for --arch")
+    parser.add_argument("--fit-steps", type=int, default=250,
+                        help="fitting steps for --arch (fewer leave speckled classes)")
     parser.add_argument("--tile", type=int, default=512, help="tile size")
     parser.add_argument("--overlap", type=int, default=64, help="tile overlap")
     parser.add_argument("--batch", type=int, default=4, help="tiles per batch")
@@ -183,11 +185,12 @@ def _fitted_package(path: Path, arch: str, steps: int, tile: int, overlap: int) 
 # ------------------------------------------------------------------------ child
 
 
-def _peak_rss() -> int | None:
+def _rss(field: str = "VmHWM") -> int | None:
+    """Peak (VmHWM) or current (VmRSS) resident set size in bytes, where /proc has it."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -222,24 +225,27 @@ def _measure(config: dict[str, Any]) -> dict[str, Any]:
     segmenter.predictor.predict(warm)
     del warm
     resettable = _reset_peak_rss()
+    raster_start = _rss("VmRSS")
     result = segmenter.run(config["out_raster"])
-    raster_peak = _peak_rss()
+    raster_peak = _rss()
     seconds = dict(result.seconds)
-    polygons = None
-    polygon_peak = None
+    polygons = polygon_start = polygon_peak = None
     if config["polygons"]:
         _reset_peak_rss()
+        polygon_start = _rss("VmRSS")
         start = time.perf_counter()
         polygons = vectorize_classes(config["out_raster"], config["out_vector"],
                                      segmenter.meta.classes, segmenter.measure)
         seconds["polygonize"] = time.perf_counter() - start
-        polygon_peak = _peak_rss()
+        polygon_peak = _rss()
     return {
         "size": config["size"],
         "device": result.device,
         "tiles": result.tiles,
         "seconds": seconds,
+        "raster_start_bytes": raster_start,
         "raster_peak_bytes": raster_peak,
+        "polygon_start_bytes": polygon_start,
         "polygon_peak_bytes": polygon_peak,
         "peak_is_per_stage": resettable,
         "polygons": polygons,
@@ -273,19 +279,19 @@ def _summarise(measured: dict[str, Any]) -> dict[str, Any]:
 def _table(rows: list[dict[str, Any]]) -> str:
     header = (f"{'size':>6} {'MP':>6} {'wall s':>8} {'MP/s':>6}  {'read':>5} {'model':>5} "
               f"{'blend':>5} {'write':>5} {'poly':>5} {'other':>5}  {'raster MB':>9} "
-              f"{'poly MB':>8} {'polygons':>9}")
+              f"{'poly MB':>8} {'+poly MB':>8} {'polygons':>9}")
     lines = [header]
     for row in rows:
         shares = row["shares"]
         mb = [row[k] / 2**20 if row[k] else math.nan
-              for k in ("raster_peak_bytes", "polygon_peak_bytes")]
+              for k in ("raster_peak_bytes", "polygon_peak_bytes", "polygon_start_bytes")]
         lines.append(
             f"{row['size']:>6} {row['megapixels']:>6.1f} {row['wall_seconds']:>8.1f} "
             f"{row['megapixels_per_second']:>6.2f}  "
             + " ".join(f"{100 * shares[k]:>4.1f}%" for k in
                        ("read", "model", "blend", "write", "polygonize"))
             + f" {100 * (1 - sum(shares.values())):>4.1f}%  {mb[0]:>9.0f} {mb[1]:>8.0f} "
-            f"{row['polygons'] if row['polygons'] is not None else '-':>9}"
+            f"{mb[1] - mb[2]:>8.0f} {row['polygons'] if row['polygons'] is not None else '-':>9}"
         )
     return "\n".join(lines)
 
@@ -299,10 +305,12 @@ def run(args: argparse.Namespace) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         model = args.model
         if model is None:
-            model = str(workdir / f"{args.arch}_fitted.lcm")
-            print(f"fitting {args.arch} to the generated imagery ({args.fit_steps} steps)",
-                  file=sys.stderr)
-            _fitted_package(Path(model), args.arch, args.fit_steps, args.tile, args.overlap)
+            fitted = workdir / f"{args.arch}_fitted_{args.fit_steps}_{args.tile}_{args.overlap}.lcm"
+            if not fitted.exists():
+                print(f"fitting {args.arch} to the generated imagery ({args.fit_steps} steps)",
+                      file=sys.stderr)
+                _fitted_package(fitted, args.arch, args.fit_steps, args.tile, args.overlap)
+            model = str(fitted)
         rows = []
         for size in sizes:
             raster = workdir / f"generated_{size}.tif"

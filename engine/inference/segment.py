@@ -186,6 +186,12 @@ class _ProbabilitySink:
         self.writer.rows_complete(row)
 
 
+def _scratch_beside(temporary: Path, kind: str) -> Path:
+    """An intermediate file named like the temporary output (``.NAME.TOKEN.partial-KIND``),
+    so whoever cleans up after a killed run finds it too."""
+    return temporary.with_name(temporary.name.replace(".partial", f".partial-{kind}"))
+
+
 def _remove_with_sidecars(path: Path) -> None:
     for candidate in (path, Path(f"{path}.aux.xml")):
         candidate.unlink(missing_ok=True)
@@ -384,7 +390,7 @@ class Segmenter:
             table_path = pending.reserve(areas_json_path(out_raster))
             raw_path = class_path
             if min_area is not None:
-                raw_path = class_path.with_name(class_path.name.replace(".partial", ".raw"))
+                raw_path = _scratch_beside(class_path, "raw")
                 scratch.append(raw_path)
             self._write_rasters(raw_path, confidence_path, scratch, timer, stage, is_cancelled)
             if min_area is not None:
@@ -437,7 +443,7 @@ class Segmenter:
             self._infer(_ClassSink(writer, confidence_path is not None), writer, timer,
                         stage("tiles"), is_cancelled)
             return
-        probability_path = class_path.with_name(class_path.name.replace(".partial", ".prob"))
+        probability_path = _scratch_beside(class_path, "prob")
         scratch.append(probability_path)
         probabilities = create_geotiff(probability_path, self.source.grid, self.meta.num_classes)
         writer = BlockRowWriter([probabilities], self.tiles.tile_height, fill=0)

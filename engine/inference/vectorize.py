@@ -63,7 +63,11 @@ def sieve(
     progress: Progress,
     is_cancelled: IsCancelled,
 ) -> None:
-    """Merge 4-connected pieces smaller than ``min_pixels`` into their largest neighbour."""
+    """Merge 4-connected pieces smaller than ``min_pixels`` into their largest neighbour.
+
+    GDAL's semantics: a piece with no neighbour of at least ``min_pixels`` (an island in
+    nodata, or pure speckle) stays as it is.
+    """
     _run_gdal(
         lambda: gdal.SieveFilter(
             source, source.GetMaskBand(), target, min_pixels, 4,

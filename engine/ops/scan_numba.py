@@ -1,20 +1,24 @@
 """Fast CPU SS2D selective scan: numba kernels, forward and backward.
 
-Layout: the inputs stay position-major as SS2D makes them (u (b, L, Di), dt (b, L, K, Di),
-B and C (b, L, K, N)); a worker owns one batch item and a block of ``_BLOCK`` contiguous
-channels, walks the 4 scan orders by index arithmetic and adds each direction's output
-into the merged output in place, so there is no cross-scan copy and no race. The
-innermost loops run over the block's channels (SIMD), the block's states h[N, block] stay
-in L1, and exp / softplus are inlined polynomials LLVM can vectorise (numba's math.exp is a
-scalar libm call here).
+Layout: the inputs are read in place as SS2D makes them, position-major (u (b, L, Di),
+dt (b, L, K, Di) or direction-major (K, b, L, Di), B and C (b, L, K, N)). A worker owns
+one batch item and a block of ``_BLOCK`` contiguous channels, walks the 4 scan orders by
+index arithmetic and adds each direction's output into the merged output in place, so
+there is no cross-scan copy and no race. The innermost loops run over the block's
+channels (SIMD), the block's states h[N, block] stay in L1, and exp / softplus are
+inlined polynomials LLVM can vectorise (numba's math.exp is a scalar libm call here).
 
 Backward: the adjoint recurrence in reverse time. The forward saves the state every
 ``_CHECKPOINT_INTERVAL`` steps (only when a gradient is needed); the backward recomputes
 the states inside one chunk from its checkpoint, then walks it backwards. Memory beyond
 the gradients: the checkpoints, (b, K, L / 64, N, Di), a quarter of dt's size.
 
-Measured on the 2-core AMD EPYC (AVX2) dev machine, fp32, batch 1, N=16, K=4, 2 threads:
-see ``MEASUREMENTS`` in landcover.engine.ops.selective_scan's module docstring.
+Per worker the backward pass also holds the states of one chunk, and dB, dC are summed
+over the channel blocks afterwards (one partial sum per block). The workers are (batch
+item, block of 64 channels) pairs: at batch 1 a 128-channel scan keeps only 2 cores busy.
+
+Speed (see landcover.engine.ops.selective_scan): ~0.5 ns per state update per core
+forward, ~2.5 ns forward + backward, on AVX2.
 """
 
 from __future__ import annotations

@@ -14,17 +14,19 @@ Choice: the ``backend`` argument, else ``use_scan_backend(name)``, else the envi
 variable LANDCOVER_SCAN_BACKEND, else "auto": on CUDA tensors "mamba_ssm" if importable
 else "torch"; on CPU tensors "numba" if importable else "torch"; other devices "torch".
 
-Measured (2-core AMD EPYC VM, AVX2, fp32, batch 1, N=16, K=4, 2 threads, medians of
-runs; the 6 shapes of UNetMamba at 1024x1024 are these 3, twice each):
+Measured on the 2-core AMD EPYC VM (AVX2), fp32, batch 1, N=16, K=4, while other jobs
+shared the machine: CPU time per state update and core (robust to the sharing) and the
+wall time that means on 2 idle cores. UNetMamba at 1024x1024 runs these shapes twice each.
 
-    (H, W, Di)      numba fwd   numba fwd+bwd   torch fwd
-    64x64x512       ~35 ms      ~0.40 s         ...
-    128x128x256     ~68 ms      ~0.36 s         ...
-    256x256x128     ~171 ms     ~0.80 s         ...
+    (H, W, Di)     numba forward      numba fwd+bwd      torch forward (1 thread)
+    64x64x512      0.54 ns   36 ms    2.9 ns   190 ms    8.4 ns   1.1 s
+    128x128x256    0.52 ns   70 ms    2.5 ns   340 ms    9.4 ns   2.5 s
+    256x256x128    0.53 ns  145 ms    2.4 ns   650 ms    8.8 ns   4.7 s
 
-numba forward: ~0.5 ns per state update per core (0.55 s for all 6 forward scans).
-First numba call on a machine compiles (forward ~8 s, backward ~20 s, cached on disk in
-__pycache__); later processes load the cache (~0.3 s forward, ~0.4 s backward).
+So the 6 scans of a 1024x1024 forward take ~0.5 s with numba (~17 s with torch on one
+core); "reference" runs at ~25 ns per update on tiny maps and is for tests only. numba
+compiles on its first call on a machine (forward ~7 s, backward ~12.5 s of CPU) and
+caches the result in engine/ops/__pycache__; later processes load it in ~0.3 s.
 """
 
 from __future__ import annotations
