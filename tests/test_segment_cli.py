@@ -160,7 +160,6 @@ def test_all_nodata_is_a_valid_empty_result(tmp_path, capsys):
     assert summary["nodata_pixels"] == 64 * 64
 
 
-@pytest.mark.slow
 def test_sigint_cancels_cleanly_in_a_child_process(tmp_path):
     """As the QGIS plugin stops the engine: SIGINT to the process group, exit 130."""
     model = make_package(tmp_path / "m.lcm", stats=STATS["landsat"], tile=64, overlap=0)

@@ -263,6 +263,9 @@ class Segmenter:
         band_stats = {"mean": [b.mean for b in meta.bands], "std": [b.std for b in meta.bands],
                       "band_names": meta.band_names}
         self.native = open_source(self.inputs, bands=bands, nodata=nodata, **band_stats)
+        if bands is not None or len(self.inputs) > 1:
+            pairs = zip(meta.band_names, self.native.descriptions, strict=True)
+            self.log("info", "model bands from: " + ", ".join(f"{m} <- {d}" for m, d in pairs))
         self.input_grid = self.native.grid
         self.measure = AreaMeasure.for_grid(self.input_grid)
         if not self.input_grid.is_georeferenced:
@@ -619,7 +622,10 @@ def segment(
 
     ``progress(fraction)`` is called as work advances, ``is_cancelled()`` between batches
     (true: outputs removed, :class:`SegmentationCancelled` raised), ``log(level, message)``
-    with the plan and warnings (default: the ``landcover.segment`` logger).
+    with the plan and warnings (default: the ``landcover.segment`` logger). ``tile``,
+    ``overlap`` and ``batch_size`` default to the model's (an overlap keeps the model's
+    share of a ``tile`` given alone); ``tile_offset`` (x, y) shifts the tile grid, for
+    studies of tiling effects such as the seam test.
     """
     segmenter = Segmenter(
         inputs, model, tile=tile, overlap=overlap, batch_size=batch_size, device=device, tta=tta,

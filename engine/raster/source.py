@@ -113,8 +113,10 @@ class _Layer:
     dataset: gdal.Dataset  # the input itself, or a warped VRT of it (which keeps it open)
     band_numbers: list[int]
     nodata: list[float | None]
-    alpha_band: int | None  # explicit alpha band (warped VRTs)
-    read_mask_band: bool  # the input's per-dataset mask or alpha band applies
+    read_mask_band: bool  # the input's own per-dataset mask or alpha band applies
+    # A warped VRT's alpha band (0..255 whatever the data type; GDAL's mask band view of
+    # a non-byte alpha band rescales it, so it is read directly).
+    alpha_band: int | None = None
 
     def read(self, x: int, y: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         """Selected bands as float32 (bands, h, w) and validity (h, w) of a window inside."""
@@ -137,15 +139,14 @@ class _Layer:
         return values, valid
 
 
-def _direct_layer(path: str, dataset: gdal.Dataset, bands: list[int], nodata: float | None):
-    first = dataset.GetRasterBand(bands[0])
-    flags = first.GetMaskFlags()
+def _layer(path: str, dataset: gdal.Dataset, bands: list[int], nodata: float | None) -> _Layer:
+    flags = dataset.GetRasterBand(bands[0]).GetMaskFlags()
     per_dataset_mask = bool(flags & gdal.GMF_PER_DATASET) and not flags & gdal.GMF_NODATA
     if nodata is None:
         values = [dataset.GetRasterBand(b).GetNoDataValue() for b in bands]
     else:
         values = [nodata] * len(bands)
-    return _Layer(path, dataset, bands, values, None, per_dataset_mask)
+    return _Layer(path, dataset, bands, values, per_dataset_mask)
 
 
 class RasterSource:
@@ -236,14 +237,14 @@ def open_source(
         if not numbers:
             raise ConfigError(f"--bands selects no band of {path}; leave that input out")
         if Grid.of(dataset).same_grid(grid):
-            layer = _direct_layer(path, dataset, numbers, nodata)
+            layer = _layer(path, dataset, numbers, nodata)
         else:
             warped = warp_onto(_checked_for_alignment(path, dataset, paths[0], grid), grid, nodata)
-            # The warped VRT holds the input's data bands in order, then its alpha band.
+            # The warped VRT holds the input's data bands in order, then its alpha band
+            # (source nodata and masks are already in it).
             data_numbers = data_band_numbers(dataset)
-            warped_numbers = [data_numbers.index(n) + 1 for n in numbers]
-            layer = _Layer(path, warped, warped_numbers, [None] * len(numbers),
-                           warped.RasterCount, False)
+            layer = _Layer(path, warped, [data_numbers.index(n) + 1 for n in numbers],
+                           [None] * len(numbers), False, warped.RasterCount)
         layer_index = len(layers)
         layers.append(layer)
         for i, number, _ in chosen:
