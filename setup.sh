@@ -64,7 +64,7 @@ make_venv() {
     fi
     log "installing the project and its pinned requirements"
     "$VENV/bin/python" -m pip install -q --upgrade "pip>=23.2"
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[train,dev]"
 }
 
 record_engine_python() {

@@ -13,9 +13,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from landcover.engine.commands import COMMANDS
-from landcover.engine.errors import LandcoverError
-from landcover.engine.runtime import keep_freed_memory
+from landcover.engine.runtime import keep_freed_memory, quiet_openmp_waits
+
+quiet_openmp_waits()  # before any subcommand imports torch
+
+from landcover.engine.commands import COMMANDS  # noqa: E402
+from landcover.engine.errors import LandcoverError  # noqa: E402
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
@@ -41,7 +44,16 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
+    parser = build_parser(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may come after options (argparse stops collecting positionals
+    # at the first option).
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+        "=" in item and not item.startswith("-") for item in extra
+    ):
+        args.overrides.extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     keep_freed_memory()
     debug = args.debug or os.environ.get("LANDCOVER_DEBUG") == "1"
     try:

@@ -47,7 +47,7 @@ from landcover.plugin.styling import (
 )
 
 DEVICES = ("auto", "cpu", "cuda")
-TTA_MODES = ("none", "flip", "d4")
+TTA_MODES = ("none", "flip", "d4", "d4_plus")
 RASTER_EXTENSIONS = (".tif", ".tiff")
 VECTOR_EXTENSIONS = (".gpkg",)
 # Data providers whose layers come from a server: never segmented (it would download tiles).
@@ -73,6 +73,7 @@ class SegmentLandCoverAlgorithm(QgsProcessingAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     TTA = "TTA"
     BANDS = "BANDS"
+    WAVELENGTHS = "WAVELENGTHS"
     NODATA = "NODATA"
     GSD = "GSD"
     SIMPLIFY = "SIMPLIFY"
@@ -125,11 +126,15 @@ class SegmentLandCoverAlgorithm(QgsProcessingAlgorithm):
             "neighbouring windows overlap, in pixels; blank uses the model's own.\n"
             "<b>Batch size</b> (advanced): tiles per forward pass; lower it when memory runs "
             "out.\n"
-            "<b>Test-time augmentation</b> (advanced): none, flips (x3 time), or the 8 "
-            "rotations and flips (x8 time); smoother, slower results.\n"
+            "<b>Test-time augmentation</b> (advanced): none, flip (x3 time), d4: the 8 "
+            "rotations and flips (x8 time), or d4_plus: d4 plus 3 scales and 2 brightness "
+            "levels (x13 time); smoother, slower results.\n"
             "<b>Input bands</b> (advanced): which bands feed the model, in the model's order, "
             "numbered from 1 across all input rasters (e.g. 1,2,3 of a 4-band R,G,B,NIR "
             "image for an RGB model).\n"
+            "<b>Optical band wavelengths</b> (advanced): central wavelengths in micrometres "
+            "of the optical bands, for models that take any set of bands (UPSeg); blank "
+            "reads them from the raster's band metadata, else the model's.\n"
             "<b>No-data value</b> (advanced): overrides the input's no-data value; no-data "
             "pixels stay no-data in the outputs.\n"
             "<b>Ground sample distance</b> (advanced): auto resamples to the model's pixel "
@@ -199,6 +204,12 @@ class SegmentLandCoverAlgorithm(QgsProcessingAlgorithm):
             ),
             QgsProcessingParameterString(
                 self.BANDS, "Input bands in the model's order, e.g. 3,2,1 (blank: all)",
+                optional=True,
+            ),
+            QgsProcessingParameterString(
+                self.WAVELENGTHS,
+                "Optical band wavelengths in µm, e.g. 0.665,0.56,0.49 (wavelength-conditioned "
+                "models; blank: from the raster or the model)",
                 optional=True,
             ),
             QgsProcessingParameterNumber(
@@ -300,6 +311,9 @@ class SegmentLandCoverAlgorithm(QgsProcessingAlgorithm):
         bands = self.parameterAsString(parameters, self.BANDS, context).replace(" ", "")
         if bands:
             arguments += ["--bands", bands]
+        wavelengths = self.parameterAsString(parameters, self.WAVELENGTHS, context)
+        if wavelengths.replace(" ", ""):
+            arguments += ["--wavelengths", wavelengths.replace(" ", "")]
         if out_vector:
             arguments += ["--out-vector", out_vector]
         if out_confidence:

@@ -67,6 +67,23 @@ def test_create_custom_classes_and_bands(tmp_path, capsys):
     assert json.loads(out)["weights_dtype"] == "F16"
 
 
+def test_create_multimodal_with_architecture_options(tmp_path, capsys):
+    path = tmp_path / "fusion.lcm"
+    code, out, _ = _run(
+        capsys, "create", "--arch", "upseg", "--classes", "3", "--out", str(path),
+        "--bands", "red,green,blue,vv,vh", "--modalities", "optical:3,sar:2",
+        "--option", "embed_dims=[8,16,32,64]", "--option", "decoder_dim=16",
+        "--option", "wave_dim=16", "--option", "weight_tokens=4",
+    )
+    assert code == 0, out
+    meta = load_model_package(path).meta
+    assert [(m.name, m.bands) for m in meta.modalities] == [
+        ("optical", ("red", "green", "blue")), ("sar", ("vv", "vh"))
+    ]
+    assert meta.arch_config["modality_channels"] == [3, 2]
+    assert meta.arch_config["embed_dims"] == [8, 16, 32, 64]
+
+
 def test_create_is_reproducible(tmp_path, capsys):
     paths = [tmp_path / "a.lcm", tmp_path / "b.lcm"]
     for path in paths:
@@ -124,6 +141,12 @@ def test_create_with_encoder_weights(tmp_path, capsys):
          "does not exist"),
         (["create", "--arch", ARCH, "--classes", "3", "--out", "{tmp}/m",
           "--encoder-weights", "{png}"], "image.png"),
+        (["create", "--arch", ARCH, "--classes", "3", "--out", "{tmp}/m",
+          "--modalities", "a:2,b:1"], "not a multi-modal model"),
+        (["create", "--arch", "upseg", "--classes", "3", "--out", "{tmp}/m",
+          "--modalities", "optical:2"], "groups 2 bands"),
+        (["create", "--arch", ARCH, "--classes", "3", "--out", "{tmp}/m",
+          "--option", "widht=3"], "accepts"),
         (["info", "{tmp}/missing.lcm"], "no such model package"),
         (["info", "{tmp}"], "folder"),
         (["info", "{png}"], "PNG"),

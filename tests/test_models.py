@@ -23,6 +23,16 @@ def _image(batch: int = 2, channels: int = 3, size: int = SIZE) -> torch.Tensor:
     return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(1))
 
 
+def _aux_tensors(aux):
+    """A model's train-only outputs: its aux logits, or the values of its aux dict (whose
+    ``"lsm"`` entry holds the aux logits, e.g. unetmamba_enhanced's)."""
+    return list(aux.values()) if isinstance(aux, dict) else [aux]
+
+
+def _aux_logits(aux):
+    return aux["lsm"] if isinstance(aux, dict) else aux
+
+
 def test_registry_lists_the_published_and_tiny_unetmamba():
     assert {"unetmamba", "unetmamba_tiny"} <= set(MODELS)
     assert sorted(MODELS) == MODELS
@@ -47,17 +57,18 @@ def test_impossible_sizes_are_refused(bad):
 def test_train_form_output(trained_form):
     model = trained_form.train()
     x = _image()
-    logits, aux_logits = model(x)
-    assert logits.shape == aux_logits.shape == (2, CLASSES, SIZE, SIZE)
-    assert torch.isfinite(logits).all() and torch.isfinite(aux_logits).all()
+    logits, aux = model(x)
+    assert logits.shape == _aux_logits(aux).shape == (2, CLASSES, SIZE, SIZE)
+    assert torch.isfinite(logits).all()
+    assert all(torch.isfinite(tensor).all() for tensor in _aux_tensors(aux))
 
 
 def test_every_parameter_learns(trained_form):
     model = trained_form.train()
     model.zero_grad()
     torch.manual_seed(0)  # fixed drop-path draws: no branch is dropped for the whole batch
-    logits, aux_logits = model(_image())
-    (logits.square().mean() + aux_logits.square().mean()).backward()
+    logits, aux = model(_image())
+    (logits.square().mean() + sum(t.square().mean() for t in _aux_tensors(aux))).backward()
     # a bias before a softmax over its whole row cancels out (see the model's docstring)
     exempt = {name for name, _ in model.named_parameters() if name.endswith("head_mix.bias")}
     silent = [
@@ -110,8 +121,8 @@ def test_wrong_band_count_is_refused(trained_form):
 @pytest.mark.parametrize("name", MODELS)
 def test_multispectral_input(name):
     model = create_model(name, num_classes=3, in_channels=4)
-    logits, aux_logits = model(_image(channels=4))
-    assert logits.shape == aux_logits.shape == (2, 3, SIZE, SIZE)
+    logits, aux = model(_image(channels=4))
+    assert logits.shape == _aux_logits(aux).shape == (2, 3, SIZE, SIZE)
     assert model.arch_config["in_channels"] == 4
     with torch.no_grad():
         assert to_deploy(model)(_image(channels=4, batch=1)).shape == (1, 3, SIZE, SIZE)

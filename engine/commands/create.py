@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 from landcover.engine.errors import ConfigError
-from landcover.engine.modelfile import BandInfo, ModelMeta
+from landcover.engine.modelfile import BandInfo, ModalityInfo, ModelMeta
 from landcover.engine.presets import (
     PRESETS,
     ClassPreset,
@@ -44,6 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=int, default=64, help="recommended tile overlap")
     parser.add_argument(
         "--encoder-weights", type=Path, help="initialise the encoder from this weights file"
+    )
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="architecture option (repeatable; VALUE in JSON, e.g. embed_dim=32 or "
+        "depths=[2,2,2,2])",
+    )
+    parser.add_argument(
+        "--modalities", metavar="NAME:BANDS,...",
+        help="multi-modal models: the input groups in band order, e.g. optical:13,sar:2 "
+        "(one input raster per modality when segmenting)",
     )
     parser.add_argument("--half", action="store_true", help="store the weights as float16")
     parser.add_argument("--seed", type=int, default=0, help="random seed for the initial weights")
@@ -92,6 +104,41 @@ def _bands(args: argparse.Namespace, preset: ClassPreset | None) -> list[BandInf
     ]
 
 
+def _arch_options(items: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option {item!r}: write KEY=VALUE")
+        try:
+            options[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key.strip()] = text
+    return options
+
+
+def _modalities(text: str | None, bands: list[BandInfo]) -> list[ModalityInfo] | None:
+    """``name:count,...`` -> modalities grouping the bands in order."""
+    if text is None:
+        return None
+    groups = []
+    for part in text.split(","):
+        name, sep, count = part.partition(":")
+        if not sep or not name.strip() or not count.strip().isdigit() or int(count) < 1:
+            raise ConfigError(f"--modalities {text!r}: write NAME:BANDS,... e.g. optical:3,sar:2")
+        groups.append((name.strip(), int(count)))
+    if sum(count for _, count in groups) != len(bands):
+        raise ConfigError(
+            f"--modalities {text!r} groups {sum(c for _, c in groups)} bands, the model has "
+            f"{len(bands)}; give --bands or --in-channels to match"
+        )
+    names, start, result = [b.name for b in bands], 0, []
+    for name, count in groups:
+        result.append(ModalityInfo(name, tuple(names[start: start + count])))
+        start += count
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
     spec = resolve_class_spec(args.classes)
     preset = spec if isinstance(spec, ClassPreset) else None
@@ -102,13 +149,29 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from landcover.engine.modelfile import save_model_package
-    from landcover.engine.models import create_model, list_models, load_encoder_weights
+    from landcover.engine.models import (
+        create_model,
+        list_models,
+        load_encoder_weights,
+        model_options,
+    )
 
     if args.arch not in list_models():
         known = ", ".join(list_models())
         raise ConfigError(f"--arch {args.arch!r}: unknown; choose one of {known}")
+    options = _arch_options(args.option)
+    modalities = _modalities(args.modalities, bands)
+    if modalities is not None:
+        accepted = model_options(args.arch)
+        if "modality_channels" not in accepted:
+            raise ConfigError(f"--modalities: {args.arch} is not a multi-modal model")
+        options.setdefault("modality_channels", [len(m.bands) for m in modalities])
+        if "modalities" in accepted:
+            options.setdefault("modalities", [m.name for m in modalities])
     torch.manual_seed(args.seed)
-    model = create_model(args.arch, num_classes=len(classes), in_channels=len(bands))
+    model = create_model(
+        args.arch, num_classes=len(classes), in_channels=len(bands), **options
+    )
     training: dict[str, object] = {"state": "untrained", "seed": args.seed}
     if preset is not None:
         training["class_preset"] = preset.name
@@ -123,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         gsd_m=gsd,
         tile_size=args.tile,
         tile_overlap=args.overlap,
+        modalities=modalities,
         training=training,
     )
     save_model_package(args.out, model, meta, half=args.half)

@@ -36,6 +36,19 @@ def _band_list(text: str) -> list[int]:
     return numbers
 
 
+def _wavelength_list(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0 < value < float("inf") for value in values):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give positive wavelengths in micrometres separated by commas, "
+            "e.g. 0.665,0.56,0.49"
+        )
+    return values
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "inputs", nargs="+", metavar="INPUT",
@@ -57,10 +70,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=4, metavar="N", help="tiles per batch")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--tta", choices=("none", "flip", "d4"), default="none",
-                        help="test-time augmentation: flip = 3 passes, d4 = 8 passes per tile")
+    parser.add_argument("--tta", choices=("none", "flip", "d4", "d4_plus"), default="none",
+                        help="test-time augmentation: flip = 3 passes, d4 = 8 passes per tile, "
+                             "d4_plus = 13 (d4, scales 0.75/1.25/1.5, brightness x0.9/x1.1)")
     parser.add_argument("--bands", type=_band_list, metavar="1,2,3",
                         help="input bands (1-based, counted across inputs) in the model's order")
+    parser.add_argument("--wavelengths", type=_wavelength_list, metavar="0.665,0.56,0.49",
+                        help="central wavelengths (micrometres) of the optical bands, for a "
+                             "wavelength-conditioned model (e.g. upseg); default: the input "
+                             "bands' metadata, else the model's")
     parser.add_argument("--nodata", type=float, metavar="VALUE",
                         help="nodata value of the inputs (overrides theirs)")
     parser.add_argument("--gsd", default="auto", metavar="auto|native|METRES",
@@ -219,7 +237,8 @@ def run(args: argparse.Namespace) -> int:
             segmenter = Segmenter(
                 args.inputs, args.model, tile=args.tile, overlap=args.overlap,
                 batch_size=args.batch, device=args.device, tta=args.tta, bands=args.bands,
-                nodata=args.nodata, gsd=args.gsd, log=reporter.log,
+                nodata=args.nodata, gsd=args.gsd, wavelengths=args.wavelengths,
+                log=reporter.log,
             )
             reporter.start(segmenter)
             result = segmenter.run(

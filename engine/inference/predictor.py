@@ -3,21 +3,39 @@ augmentation, and batch halving when the GPU runs out of memory."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from landcover.engine.errors import ConfigError
 
-# Test-time augmentation: (quarter turns, mirror left-right) per forward pass. "flip" is
-# the identity, a left-right and an up-down mirror; "d4" all 8 symmetries of the square.
-TTA_TRANSFORMS: dict[str, tuple[tuple[int, bool], ...]] = {
-    "none": ((0, False),),
-    "flip": ((0, False), (0, True), (2, True)),
-    "d4": tuple((turns, mirror) for turns in range(4) for mirror in (False, True)),
+
+class TtaPass(NamedTuple):
+    """One forward pass of test-time augmentation; its output is mapped back onto the tile."""
+
+    turns: int = 0  # quarter turns (torch.rot90), after the mirror
+    mirror: bool = False  # mirror left-right
+    scale: float = 1.0  # resize the tile (to the model's input multiple), then back
+    brightness: float = 1.0  # multiply the raw band values
+
+
+_D4 = tuple(TtaPass(turns, mirror) for turns in range(4) for mirror in (False, True))
+# "flip": the identity, a left-right and an up-down mirror; "d4": all 8 symmetries of the
+# square; "d4_plus": those, plus (separately, not combined) scales 0.75 / 1.25 / 1.5 and
+# brightness x0.9 / x1.1: 13 passes.
+TTA_TRANSFORMS: dict[str, tuple[TtaPass, ...]] = {
+    "none": (TtaPass(),),
+    "flip": (TtaPass(), TtaPass(0, True), TtaPass(2, True)),
+    "d4": _D4,
+    "d4_plus": _D4
+    + tuple(TtaPass(scale=scale) for scale in (0.75, 1.25, 1.5))
+    + tuple(TtaPass(brightness=brightness) for brightness in (0.9, 1.1)),
 }
 
 
@@ -68,9 +86,12 @@ def _restore(y: torch.Tensor, turns: int, mirror: bool) -> torch.Tensor:
 class Predictor:
     """Class probabilities for batches of normalised tiles.
 
-    TTA passes are averaged in probability space (softmax first). On CUDA the model runs
-    under autocast (bfloat16 where supported, else float16); an out-of-memory error halves
-    the batch and retries, reported through ``log``.
+    TTA passes are averaged in probability space (softmax first). A scaled pass resizes the
+    tile (bilinear, sides rounded to the model's ``input_multiple``) and its probabilities
+    back. A brightness pass scales the raw values, which needs the bands' normalisation
+    ``(raw - mean) / std``: ``band_mean`` and ``band_std``. On CUDA the model runs under
+    autocast (bfloat16 where supported, else float16); an out-of-memory error halves the
+    batch and retries, reported through ``log``.
     """
 
     def __init__(
@@ -80,6 +101,8 @@ class Predictor:
         *,
         batch_size: int,
         tta: str = "none",
+        band_mean: Sequence[float] | None = None,
+        band_std: Sequence[float] | None = None,
         log: Callable[[str, str], None] = lambda level, message: None,
     ) -> None:
         if tta not in TTA_TRANSFORMS:
@@ -90,6 +113,16 @@ class Predictor:
         self.device = device
         self.batch_size = batch_size
         self.transforms = TTA_TRANSFORMS[tta]
+        self.input_multiple: int = getattr(model, "input_multiple", 32)
+        # x_norm of raw * b is b * x_norm + (b - 1) * mean / std: the per-band mean / std
+        self.mean_over_std: torch.Tensor | None = None
+        if band_mean is not None and band_std is not None:
+            mean = torch.tensor(band_mean, dtype=torch.float32)
+            std = torch.tensor(band_std, dtype=torch.float32)
+            self.mean_over_std = (mean / std).view(1, -1, 1, 1).to(device)
+        elif any(p.brightness != 1.0 for p in self.transforms):
+            raise ConfigError(f"TTA {tta!r} changes the brightness: it needs the bands' mean "
+                              "and std (band_mean, band_std)")
         self.log = log
         self.amp_dtype: torch.dtype | None = None
         if device.type == "cuda":
@@ -132,15 +165,41 @@ class Predictor:
     def _forward(self, tiles: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(tiles).to(self.device, non_blocking=True)
         total = None
-        for turns, mirror in self.transforms:
-            precision = (
-                nullcontext() if self.amp_dtype is None
-                else torch.autocast(self.device.type, dtype=self.amp_dtype)
-            )
-            with precision:
-                logits = self.model(_augment(x, turns, mirror))
-            probabilities = _restore(torch.softmax(logits.float(), dim=1), turns, mirror)
+        for tta_pass in self.transforms:
+            probabilities = self._run_pass(x, tta_pass)
             total = probabilities if total is None else total.add_(probabilities)
         if len(self.transforms) > 1:
             total /= len(self.transforms)
         return total.cpu().numpy()
+
+    def _run_pass(self, x: torch.Tensor, tta_pass: TtaPass) -> torch.Tensor:
+        """Probabilities of one TTA pass, mapped back onto the tiles ``x``."""
+        turns, mirror, scale, brightness = tta_pass
+        if brightness != 1.0:
+            if self.mean_over_std.shape[1] != x.shape[1]:
+                raise ValueError(f"{self.mean_over_std.shape[1]} band means for tiles of "
+                                 f"{x.shape[1]} bands")
+            x = brightness * x + (brightness - 1.0) * self.mean_over_std
+        x = _augment(x, turns, mirror)
+        size = x.shape[-2:]
+        scaled = tuple(self._scaled_side(side, scale) for side in size)
+        if scaled != size:
+            x = F.interpolate(x, size=scaled, mode="bilinear", align_corners=False,
+                              antialias=scale < 1.0)
+        precision = (
+            nullcontext() if self.amp_dtype is None
+            else torch.autocast(self.device.type, dtype=self.amp_dtype)
+        )
+        with precision:
+            logits = self.model(x)
+        probabilities = torch.softmax(logits.float(), dim=1)
+        if scaled != size:
+            probabilities = F.interpolate(probabilities, size=size, mode="bilinear",
+                                          align_corners=False, antialias=scale > 1.0)
+        return _restore(probabilities, turns, mirror)
+
+    def _scaled_side(self, side: int, scale: float) -> int:
+        """``side * scale`` rounded to the nearest multiple of the model's input multiple
+        (halves up; at least one multiple)."""
+        multiple = self.input_multiple
+        return max(multiple, math.floor(side * scale / multiple + 0.5) * multiple)

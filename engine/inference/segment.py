@@ -26,15 +26,21 @@ from typing import Any
 import numpy as np
 from osgeo import gdal
 
-from landcover.engine.errors import ConfigError, SegmentationCancelled
+from landcover.engine.errors import ConfigError, InputRasterError, SegmentationCancelled
 from landcover.engine.inference import vectorize
 from landcover.engine.inference.blend import StreamingBlender
 from landcover.engine.inference.predictor import Predictor, select_device
 from landcover.engine.inference.tiler import TileGrid
-from landcover.engine.modelfile import ModelPackage, load_model_package
+from landcover.engine.modelfile import ModelMeta, ModelPackage, load_model_package
 from landcover.engine.raster.areas import AreaMeasure, tabulate_class_areas
 from landcover.engine.raster.grid import Grid, ground_sample_distance
-from landcover.engine.raster.source import RasterSource, open_source, warp_onto
+from landcover.engine.raster.source import (
+    RasterSource,
+    data_band_numbers,
+    open_raster,
+    open_source,
+    warp_onto,
+)
 from landcover.engine.raster.writer import (
     NODATA,
     BlockRowWriter,
@@ -222,6 +228,70 @@ def check_run_options(
             raise ConfigError(f"output {output} is an input; choose another name")
 
 
+def check_modalities(inputs: Sequence[str], meta: ModelMeta) -> None:
+    """A multi-modal model takes one raster per modality, in the package's order, each with
+    that modality's band count (``--bands`` picks bands across inputs instead)."""
+    modalities = meta.modalities or []
+    layout = ", ".join(f"{m.name} ({len(m.bands)} band{'s' * (len(m.bands) > 1)})"
+                       for m in modalities)
+    if len(inputs) < len(modalities):
+        missing = ", ".join(m.name for m in modalities[len(inputs):])
+        raise InputRasterError(
+            f"the model takes one raster per modality, in this order: {layout}; got "
+            f"{len(inputs)}, so {missing} is missing"
+        )
+    if len(inputs) > len(modalities):
+        raise InputRasterError(
+            f"the model takes one raster per modality, in this order: {layout}; got "
+            f"{len(inputs)}: leave out {', '.join(inputs[len(modalities):])}"
+        )
+    for path, modality in zip(inputs, modalities, strict=True):
+        count = len(data_band_numbers(open_raster(path)))
+        if count != len(modality.bands):
+            raise InputRasterError(
+                f"{path} has {count} band{'s' * (count > 1)} but is in the place of modality "
+                f"{modality.name} ({len(modality.bands)}: {', '.join(modality.bands)}); pass "
+                f"the rasters in the model's order: {layout}"
+            )
+
+
+# Central wavelength in band metadata: CENTRAL_WAVELENGTH_UM in the IMAGERY domain (GDAL
+# >= 3.10 fills it from sensor metadata; GeoTIFF keeps the domain with older GDAL too), or
+# ENVI-style WAVELENGTH with WAVELENGTH_UNITS (any domain, keys in any case).
+_UNITS_IN_UM = {
+    "um": 1.0, "µm": 1.0, "micrometers": 1.0, "micrometres": 1.0, "microns": 1.0,
+    "nm": 1e-3, "nanometers": 1e-3, "nanometres": 1e-3,
+}
+
+
+def band_wavelength_um(band: gdal.Band) -> float | None:
+    """A band's central wavelength in micrometres from its metadata, or None."""
+    for domain in ("IMAGERY", ""):
+        items = {key.upper(): value for key, value in (band.GetMetadata(domain) or {}).items()}
+        text, scale = items.get("CENTRAL_WAVELENGTH_UM"), 1.0
+        if text is None:
+            text = items.get("WAVELENGTH")
+            scale = _UNITS_IN_UM.get(items.get("WAVELENGTH_UNITS", "").strip().lower())
+        try:
+            value = float(text) * scale
+        except (TypeError, ValueError):  # absent, unknown units or not a number
+            continue
+        if math.isfinite(value) and value > 0:
+            return value
+    return None
+
+
+def _input_wavelengths(inputs: Sequence[str], bands: Sequence[int] | None) -> list[float | None]:
+    """The metadata wavelength of the input band behind each model channel (``bands``:
+    1-based across the inputs)."""
+    available = []
+    for path in inputs:
+        dataset = open_raster(path)  # alive while its bands are read (GDAL < 3.8 needs it)
+        available += [band_wavelength_um(dataset.GetRasterBand(n))
+                      for n in data_band_numbers(dataset)]
+    return available if bands is None else [available[b - 1] for b in bands]
+
+
 class Segmenter:
     """A prepared segmentation: model loaded, inputs opened and checked, tiles planned.
 
@@ -244,6 +314,7 @@ class Segmenter:
         nodata: float | None = None,
         gsd: str | float = "auto",
         tile_offset: tuple[int, int] = (0, 0),
+        wavelengths: Sequence[float] | None = None,
         log: Log | None = None,
     ) -> None:
         self.warnings: list[str] = []
@@ -262,7 +333,10 @@ class Segmenter:
         self.meta = meta = package.meta
         band_stats = {"mean": [b.mean for b in meta.bands], "std": [b.std for b in meta.bands],
                       "band_names": meta.band_names}
+        if meta.modalities and bands is None:
+            check_modalities(self.inputs, meta)
         self.native = open_source(self.inputs, bands=bands, nodata=nodata, **band_stats)
+        self.wavelengths = self._set_wavelengths(package.model, wavelengths, bands)
         if bands is not None or len(self.inputs) > 1:
             pairs = zip(meta.band_names, self.native.descriptions, strict=True)
             self.log("info", "model bands from: " + ", ".join(f"{m} <- {d}" for m, d in pairs))
@@ -289,6 +363,7 @@ class Segmenter:
             overlap, multiple=getattr(package.model, "input_multiple", 32), offset=tile_offset,
         )
         self.predictor = Predictor(package.model, torch_device, batch_size=batch_size, tta=tta,
+                                   band_mean=band_stats["mean"], band_std=band_stats["std"],
                                    log=self.log)
         self.tta = tta
         self.tiles_done = 0
@@ -299,6 +374,44 @@ class Segmenter:
         if level == "warning":
             self.warnings.append(message)
         self._log(level, message)
+
+    def _set_wavelengths(
+        self, model: Any, override: Sequence[float] | None, bands: Sequence[int] | None
+    ) -> list[float] | None:
+        """Give a wavelength-conditioned model its optical bands' wavelengths: from
+        ``--wavelengths``, else from the input bands' metadata when every optical band has
+        one, else the package's."""
+        if not getattr(model, "wavelength_conditioned", False):
+            if override is not None:
+                raise ConfigError(
+                    f"--wavelengths: model {self.meta.arch!r} is not wavelength-conditioned "
+                    "(its input bands are fixed); leave --wavelengths out"
+                )
+            return None
+        start = sum(model.modality_channels[: model.optical_index])
+        optical = range(start, start + model.optical_wavelengths.numel())
+        names = [self.meta.band_names[i] for i in optical]
+        if override is not None:
+            wavelengths, source = [float(w) for w in override], "--wavelengths"
+            if len(wavelengths) != len(optical):
+                raise ConfigError(
+                    f"--wavelengths lists {len(wavelengths)} wavelengths but the model has "
+                    f"{len(optical)} optical bands ({', '.join(names)}); give one per optical "
+                    "band, in micrometres"
+                )
+        else:
+            channels = _input_wavelengths(self.inputs, bands)
+            wavelengths = [channels[i] for i in optical]
+            source = "the input's band metadata"
+            if None in wavelengths:
+                packaged = [self.meta.bands[i].wavelength_um for i in optical]
+                wavelengths = (model.optical_wavelengths.tolist() if None in packaged
+                               else packaged)
+                source = "the model package"
+        model.set_optical_wavelengths(wavelengths)
+        self.log("info", f"optical band wavelengths (µm) from {source}: "
+                         + ", ".join(f"{n} {w:g}" for n, w in zip(names, wavelengths, strict=True)))
+        return wavelengths
 
     def _plan_gsd(self, option: str | float) -> Grid:
         """The grid the model runs on: the input's, or one at another GSD (same extent)."""
@@ -613,6 +726,7 @@ def segment(
     simplify: float | None = None,
     min_area: float | None = None,
     tile_offset: tuple[int, int] = (0, 0),
+    wavelengths: Sequence[float] | None = None,
     progress: Progress | None = None,
     is_cancelled: IsCancelled | None = None,
     log: Log | None = None,
@@ -625,11 +739,13 @@ def segment(
     with the plan and warnings (default: the ``landcover.segment`` logger). ``tile``,
     ``overlap`` and ``batch_size`` default to the model's (an overlap keeps the model's
     share of a ``tile`` given alone); ``tile_offset`` (x, y) shifts the tile grid, for
-    studies of tiling effects such as the seam test.
+    studies of tiling effects such as the seam test. ``wavelengths`` (µm) overrides the
+    optical band wavelengths of a wavelength-conditioned model.
     """
     segmenter = Segmenter(
         inputs, model, tile=tile, overlap=overlap, batch_size=batch_size, device=device, tta=tta,
-        bands=bands, nodata=nodata, gsd=gsd, tile_offset=tile_offset, log=log,
+        bands=bands, nodata=nodata, gsd=gsd, tile_offset=tile_offset, wavelengths=wavelengths,
+        log=log,
     )
     return segmenter.run(
         out_raster, out_vector=out_vector, out_confidence=out_confidence, simplify=simplify,

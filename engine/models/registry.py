@@ -46,6 +46,13 @@ def list_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
+def model_options(name: str) -> tuple[str, ...]:
+    """The keyword arguments the builder of ``name`` accepts."""
+    if name not in _BUILDERS:
+        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    return tuple(inspect.signature(_BUILDERS[name]).parameters)
+
+
 def create_model(
     name: str, *, num_classes: int, in_channels: int = 3, aux_head: bool = True, **kwargs: Any
 ) -> nn.Module:

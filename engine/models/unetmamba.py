@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from landcover.engine.errors import ModelFileError
+from landcover.engine.models.layers import adapt_input_conv, check_input
 from landcover.engine.models.registry import read_state_dict, register_model
 from landcover.engine.ops import ss2d_scan, ss2d_scan_macs
 
@@ -155,6 +156,10 @@ class EfficientSelfAttention(nn.Module):
             )
             self.sr_norm = nn.LayerNorm(dim)
         self.head_mix = nn.Conv2d(num_heads, num_heads, kernel_size=1) if num_heads > 1 else None
+        if self.head_mix is not None:
+            # Its bias cancels in the softmax (see below): frozen, so that DDP and the
+            # optimiser do not wait for a gradient that never comes.
+            self.head_mix.bias.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
@@ -177,8 +182,7 @@ class EfficientSelfAttention(nn.Module):
 
         - the 1x1 conv over heads runs as a batched matmul (torch's conv is slow here), and
           without its bias: a bias shifts every softmax row of its head by one constant, so
-          it cancels (the parameter is kept for checkpoint compatibility; its gradient is
-          exactly 0, so it gets none);
+          it cancels (the parameter is kept, frozen, for checkpoint compatibility);
         - the instance norm comes after the product with v: softmax rows sum to 1, so the
           map's mean is exactly 1/keys and ``norm(attn) v = (attn v - mean_keys(v)) * rstd``;
           only the map's sum of squares is read, for the variance.
@@ -430,15 +434,33 @@ class MambaDecoder(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encoder features (channels-last, shallow to deep) -> logits ``(B, classes, H, W)``
         and the output of every stage (for the local supervision heads)."""
+        stage_outputs = self.decode_stages(features)
+        return self.classify(stage_outputs[-1]), stage_outputs
+
+    def decode_stages(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The output of every decoder stage, deep to shallow (channels-last)."""
         x = features[-1]
-        stage_outputs = []
-        for expand, fuse, stage, skip in zip(
-            self.expands, self.fuses, self.stages, features[-2::-1], strict=True
+        stage_outputs: list[torch.Tensor] = []
+        for index, (expand, fuse, stage, skip) in enumerate(
+            zip(self.expands, self.fuses, self.stages, features[-2::-1], strict=True)
         ):
-            x = stage(fuse(torch.cat([expand(x), skip], dim=-1)))
+            x = self.refine_stage(index, stage(fuse(torch.cat([expand(x), skip], dim=-1))),
+                                  stage_outputs)
             stage_outputs.append(x)
+        return stage_outputs
+
+    def refine_stage(
+        self, index: int, x: torch.Tensor, previous_outputs: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Hook for decoders built on this one: stage ``index``'s output before the next
+        stage sees it (``previous_outputs``: the deeper stages'). The identity here."""
+        return x
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's output -> logits ``(B, classes, H, W)``: patch expand x4 and
+        the 1x1 head."""
         logits = self.head(self.final_expand.grouped(x))
-        return _depth_to_space(logits, self.final_expand.scale, channels_first=True), stage_outputs
+        return _depth_to_space(logits, self.final_expand.scale, channels_first=True)
 
 
 class LocalSupervisionHead(nn.Module):
@@ -471,6 +493,7 @@ class UNetMamba(nn.Module):
     it returns ``(logits, aux_logits)``, the LSM's three stage logits summed."""
 
     input_multiple = 32
+    decoder_class: type[MambaDecoder] = MambaDecoder  # subclasses may extend the decoder
 
     def __init__(
         self,
@@ -481,13 +504,17 @@ class UNetMamba(nn.Module):
         embed_dim: int = 64,
         d_state: int = 16,
         drop_path_rate: float = 0.2,
+        **decoder_options: bool,
     ) -> None:
+        """``decoder_options``: extra keywords for ``decoder_class`` (for subclasses)."""
         super().__init__()
         self.in_channels = in_channels
         self.num_classes = num_classes
         dims = tuple(embed_dim * 2**i for i in range(len(ENCODER_DEPTHS)))
         self.encoder = ResTEncoder(in_channels, dims)
-        self.decoder = MambaDecoder(dims, num_classes, d_state, drop_path_rate)
+        self.decoder = self.decoder_class(
+            dims, num_classes, d_state, drop_path_rate, **decoder_options
+        )
         self.aux_head = (
             nn.ModuleList(LocalSupervisionHead(dim, num_classes) for dim in dims[-2::-1])
             if aux_head
@@ -503,24 +530,16 @@ class UNetMamba(nn.Module):
         logits, stage_outputs = self.decoder(self.encoder(x))
         if self.aux_head is None or not self.training:
             return logits
-        size = x.shape[-2:]
-        aux_logits = sum(
-            head(out, size) for head, out in zip(self.aux_head, stage_outputs, strict=True)
-        )
-        return logits, aux_logits
+        return logits, self.local_supervision(stage_outputs, x.shape[-2:])
+
+    def local_supervision(
+        self, stage_outputs: list[torch.Tensor], size: tuple[int, int]
+    ) -> torch.Tensor:
+        """The LSM's logits at ``size``: the sum of its heads over the decoder stages."""
+        return sum(head(out, size) for head, out in zip(self.aux_head, stage_outputs, strict=True))
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected input of shape (batch, {self.in_channels}, height, width), "
-                f"got {tuple(x.shape)}"
-            )
-        height, width = x.shape[-2:]
-        if height % self.input_multiple or width % self.input_multiple:
-            raise ValueError(
-                f"input height and width must be multiples of {self.input_multiple}, "
-                f"got {height}x{width}; pad the input (the tiler does)"
-            )
+        check_input(x, self.in_channels, self.input_multiple)
 
     def load_encoder_weights(self, path: str | os.PathLike) -> None:
         """Load the official ImageNet ResT-Lite checkpoint (``rest_lite.pth`` from
@@ -542,7 +561,7 @@ class UNetMamba(nn.Module):
             ours = _rename(key, _REST_TO_OURS)
             if ours not in expected:
                 raise ModelFileError(f"{path}: not a ResT-Lite checkpoint: unexpected key {key!r}")
-            fitted = _adapt_input_conv(tensor, self.in_channels) if ours == _INPUT_CONV else tensor
+            fitted = adapt_input_conv(tensor, self.in_channels) if ours == _INPUT_CONV else tensor
             if fitted.shape != expected[ours].shape:
                 wanted = tuple(expected[ours].shape)
                 if ours == _INPUT_CONV:
@@ -579,17 +598,6 @@ def _rename(key: str, rules: tuple) -> str:
     for pattern, replacement in rules:
         key = re.sub(pattern, replacement, key)
     return key
-
-
-def _adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """RGB conv weight ``(out, 3, k, k)`` -> ``(out, in_channels, k, k)`` (see above)."""
-    rgb = weight.shape[1]
-    if in_channels == rgb:
-        return weight
-    if in_channels == 1:
-        return weight.sum(dim=1, keepdim=True)
-    repeats = math.ceil(in_channels / rgb)
-    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (rgb / in_channels)
 
 
 # --- registered variants ---------------------------------------------------------------------

@@ -21,6 +21,10 @@ CROPS = {
     # Landsat 8 uint16, 0-valued fill (about 36% here, the scene's corner) and NO nodata set.
     "landsat8_corner.tif": ("landsat8/LC08_L1TP_224078_20200518_20200518_01_RT.TIF",
                             (0, 0, 256, 256), "GTiff"),
+    # Inland window that holds three of the four reference polygons (water, crop, tree):
+    # the georeferenced-window training layout (the corner above lies outside them).
+    "landsat8_polygons_window.tif": ("landsat8/LC08_L1TP_224078_20200518_20200518_01_RT.TIF",
+                                     (656, 596, 224, 256), "GTiff"),
     # Entirely fill: an all-nodata raster once --nodata 0 is given.
     "landsat8_fill.tif": ("landsat8/LC08_L1TP_224078_20200518_20200518_01_RT.TIF",
                           (1960, 0, 64, 64), "GTiff"),
@@ -38,6 +42,26 @@ CROPS = {
     "dubai_no_georef.png": ("dubai/images/tile2_image_part_005.jpg", (100, 100, 160, 128),
                             "PNG"),
 }
+# The image/mask folder layout for training tests: 128 x 128 crops of real Dubai image and
+# label pairs from three scenes (scene 1 is the held-out one). Labels are the set's RGB
+# colour coding, stored both as RGB and as paletted PNG (as the source has both).
+for _scene, _part in (("tile1", "002"), ("tile2", "001"), ("tile3", "001"), ("tile4", "001")):
+    _stem = f"{_scene}_image_part_{_part}"
+    CROPS[f"dubai_folder/images/{_stem}.png"] = (f"dubai/images/{_stem}.jpg",
+                                                 (100, 100, 128, 128), "PNG")
+    CROPS[f"dubai_folder/masks/{_stem}.png"] = (f"dubai/masks/{_stem}.png",
+                                                (100, 100, 128, 128), "PNG")
+
+# LoveDA's published layout for training tests: 64 x 64 crops of two real (rural) LoveDA
+# tiles and their raw-coded masks. The test split has images only, as published.
+for _split, _source, _x, _y in (("Train", 0, 64, 672), ("Train", 1, 32, 512),
+                                ("Val", 1, 288, 576), ("Test", 0, 160, 0)):
+    _name = f"{_source}_{_x}_{_y}.png"
+    CROPS[f"loveda/{_split}/Rural/images_png/{_name}"] = (f"loveda/images/{_source}.png",
+                                                          (_x, _y, 64, 64), "PNG")
+    if _split != "Test":
+        CROPS[f"loveda/{_split}/Rural/masks_png/{_name}"] = (f"loveda/masks/{_source}.png",
+                                                             (_x, _y, 64, 64), "PNG")
 
 
 def main(shared: Path) -> None:
@@ -45,12 +69,13 @@ def main(shared: Path) -> None:
         options = ["COMPRESS=DEFLATE", "PREDICTOR=2"] if driver == "GTiff" else []
         if source.endswith("sar_hh.tif"):
             options = ["COMPRESS=DEFLATE"]  # no horizontal predictor for complex types
+        (HERE / name).parent.mkdir(parents=True, exist_ok=True)
         gdal.Translate(
             str(HERE / name), str(shared / source), srcWin=list(window), format=driver,
             creationOptions=options,
         )
         print(f"wrote {name} from {source} window {window}")
-    for stray in HERE.glob("*.aux.xml"):
+    for stray in HERE.glob("**/*.png.aux.xml"):
         stray.unlink()
 
 
