@@ -17,6 +17,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import processing
 import pytest
 from osgeo import gdal
@@ -117,10 +118,11 @@ def _run(parameters: dict, feedback: QgsProcessingFeedback | None = None, **kwar
 def _grid(path: Path | str) -> tuple:
     dataset = gdal.Open(str(path))
     try:
+        crs = dataset.GetSpatialRef()
         return (
             dataset.RasterXSize, dataset.RasterYSize,
             tuple(round(v, 6) for v in dataset.GetGeoTransform()),
-            dataset.GetSpatialRef().GetAuthorityCode(None),
+            None if crs is None else crs.GetAuthorityCode(None),
         )
     finally:
         dataset = None
@@ -255,6 +257,21 @@ def test_segment_outputs_line_up_and_are_styled(provider, tiny_model, rgb_crop, 
     rows = {f["class_name"]: (f["area"], f["area_unit"]) for f in table.getFeatures()}
     assert rows == {name: (pytest.approx(area), "m2") for name, area in areas.items()}
     table = None
+
+
+def test_bundled_model_segments_the_bundled_sample_by_default(provider, tmp_path):
+    """The README's main job: no MODEL given, the demo model on the sample image."""
+    sample = REPO / "resources" / "samples" / "dubai_scene1_part008.tif"
+    assert settings.bundled_model() is not None, "resources/models/landcover_demo.lcm"
+    result = _run({"INPUT": str(sample), "OUTPUT_RASTER": str(tmp_path / "classes.tif"),
+                   "OUTPUT_VECTOR": str(tmp_path / "classes.gpkg")})
+    assert _grid(tmp_path / "classes.tif") == _grid(sample)
+    demo_classes = ["building", "land", "road", "vegetation", "water"]
+    assert sorted(result["CLASS_AREAS"]) == demo_classes
+    values = gdal.Open(str(tmp_path / "classes.tif")).ReadAsArray()
+    # a trained model: more than one class, and land (most of this scene) is the largest
+    counts = np.bincount(values.ravel(), minlength=5)
+    assert (counts[:5] > 0).sum() >= 3 and counts.argmax() == demo_classes.index("land")
 
 
 @pytest.mark.parametrize("kind", ["vrt", "gpkg", "mask band"])

@@ -47,11 +47,11 @@ class LastCheckpoint(pl.Callback):
         # the gradients gathered so far.
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
         if stepped and self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
