@@ -212,3 +212,31 @@ def test_band_wavelength_metadata(tmp_path, domain, items, expected):
     dataset = gdal.Open(str(path))  # read back: GeoTIFF keeps the domain
     value = band_wavelength_um(dataset.GetRasterBand(1))
     assert value == (None if expected is None else pytest.approx(expected))
+
+
+def test_real_optical_and_panchromatic_pair_through_the_command_line(tmp_path, capsys):
+    """SpaceNet-6 Rotterdam: 4-band multispectral at 1 m + panchromatic at 0.5 m, an
+    untrained two-modality AMM-FuseNet package made by `landcover create`: the pan raster
+    is aligned onto the multispectral grid on the fly, and the output lies on that grid."""
+    from segment_helpers import SN6_MS, SN6_PAN
+
+    package = tmp_path / "fusion.lcm"
+    options = [f"{key}={value}" for key, value in AMM_SMALL.items()]
+    assert main(["create", "--arch", "ammfusenet", "--classes", "3", "--out", str(package),
+                 "--bands", "blue,green,red,nir,pan", "--modalities", "ms:4,pan:1",
+                 "--mean", "300,300,300,300,300", "--std", "150,150,150,150,150",
+                 "--tile", "64", "--overlap", "16",
+                 *[arg for option in options for arg in ("--option", option)]]) == 0
+    out = tmp_path / "classes.tif"
+    assert main(["segment", str(SN6_MS), str(SN6_PAN), "--model", str(package),
+                 "--out-raster", str(out), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    source, result = gdal.Open(str(SN6_MS)), gdal.Open(str(out))
+    assert (result.RasterXSize, result.RasterYSize) == (source.RasterXSize, source.RasterYSize)
+    assert result.GetGeoTransform() == pytest.approx(source.GetGeoTransform())
+    assert result.GetSpatialRef().IsSame(source.GetSpatialRef())
+    assert set(np.unique(result.ReadAsArray())) <= {0, 1, 2}
+    # the panchromatic modality in the wrong place is refused with the model's order
+    assert main(["segment", str(SN6_PAN), str(SN6_MS), "--model", str(package),
+                 "--out-raster", str(tmp_path / "x.tif")]) == 2
+    assert "in the model's order: ms (4 bands), pan (1 band)" in capsys.readouterr().err

@@ -41,7 +41,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from landcover.plugin import settings
+from landcover.plugin import segment_algorithm, settings
 from landcover.plugin.plugin import LandCoverPlugin
 
 gdal.UseExceptions()
@@ -406,10 +406,11 @@ def test_web_layer_is_refused_with_advice(provider, tiny_model, tmp_path):
     assert not (tmp_path / "classes.tif").exists()
 
 
-def test_missing_bundled_model_is_explained(provider, rgb_crop, tmp_path):
-    if settings.bundled_model() is not None:
-        pytest.skip("the bundled model is installed")
-    algorithm = QgsApplication.processingRegistry().algorithmById(ALGORITHM)
+def test_missing_bundled_model_is_explained(provider, monkeypatch, rgb_crop, tmp_path):
+    # as in a plugin copy without resources/models (the file itself is bundled here)
+    monkeypatch.setattr(segment_algorithm, "bundled_model", lambda: None)
+    algorithm = QgsApplication.processingRegistry().algorithmById(ALGORITHM).createInstance()
+    algorithm.initAlgorithm()
     assert "not installed" in algorithm.parameterDefinition("MODEL").description()
     with pytest.raises(QgsProcessingException, match=r"bundled model .* is not installed"):
         _run({"INPUT": str(rgb_crop), "OUTPUT_RASTER": str(tmp_path / "classes.tif")})
