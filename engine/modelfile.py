@@ -211,6 +211,14 @@ class ModelMeta:
     def band_names(self) -> list[str]:
         return [b.name for b in self.bands]
 
+    def tiling(self, tile: int | None = None, overlap: int | None = None) -> tuple[int, int]:
+        """Tile size and overlap to run with: the given ones, else the model's; an overlap
+        left out for another tile size keeps the model's share of the tile."""
+        if overlap is None:
+            overlap = self.tile_overlap if tile is None else \
+                self.tile_overlap * tile // self.tile_size
+        return (self.tile_size if tile is None else tile), overlap
+
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first inconsistency."""
         _check(isinstance(self.arch, str) and self.arch != "", "arch must be a non-empty string")

@@ -151,3 +151,10 @@ def test_segment_runs_13_passes_per_tile(tmp_path):
     assert sum(shape[0] for shape in seen) == result.tiles_run * 13
     assert {tuple(shape[-2:]) for shape in seen} == {(64, 64), (96, 96)}  # 0.75, 1.25 -> 64
     assert "TTA d4_plus: 13 forward passes per tile" in messages
+
+
+def test_the_command_line_and_the_plugin_offer_every_tta_mode():
+    from landcover.engine.commands.options import TTA_MODES
+    from landcover.plugin.segment_algorithm import TTA_MODES as PLUGIN_TTA_MODES
+
+    assert TTA_MODES == PLUGIN_TTA_MODES == tuple(TTA_TRANSFORMS)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from landcover.engine.commands.options import add_inference_arguments
 from landcover.engine.errors import ConfigError, InputRasterError
 
 if TYPE_CHECKING:
@@ -61,16 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--mask-encoding", choices=("index", "color"), default="index",
                       help="FOLDER: masks hold the model's class ids (index) or its class "
                            "colours (color)")
-    data.add_argument("--tile", type=int, metavar="N",
-                      help="tile size in pixels, a multiple of 32 (default: the model's)")
-    data.add_argument("--overlap", type=int, metavar="N",
-                      help="tile overlap in pixels (default: the model's)")
-    data.add_argument("--batch", type=int, default=4, metavar="N", help="tiles per batch")
-    data.add_argument("--device", default="auto",
-                      help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    data.add_argument("--tta", choices=("none", "flip", "d4", "d4_plus"), default="none",
-                      help="test-time augmentation as in segment: flip = 3 passes, d4 = 8, "
-                           "d4_plus = 13 per tile")
+    add_inference_arguments(data)
     assess = parser.add_argument_group("accuracy assessment of a finished map")
     assess.add_argument("--map", metavar="CLASSES.tif", help="class raster to assess")
     assess.add_argument("--reference", metavar="REF.tif|REF.gpkg",
@@ -186,11 +178,7 @@ def _evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
     if len(dataset) == 0:
         raise ConfigError(f"the {args.split} split of {args.data} holds no images")
     lookup = _class_lookup(dataset, meta)
-    tile = meta.tile_size if args.tile is None else args.tile
-    overlap = args.overlap
-    if overlap is None:  # the model's overlap, as the same share of another tile size
-        overlap = meta.tile_overlap if args.tile is None else \
-            meta.tile_overlap * tile // meta.tile_size
+    tile, overlap = meta.tiling(args.tile, args.overlap)
     band_mean, band_std = [b.mean for b in meta.bands], [b.std for b in meta.bands]
     predictor = Predictor(package.model, device, batch_size=args.batch, tta=args.tta,
                           band_mean=band_mean, band_std=band_std,

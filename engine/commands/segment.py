@@ -18,6 +18,8 @@ import signal
 import sys
 from typing import Any, TextIO
 
+from landcover.engine.commands.options import add_inference_arguments
+
 # GDAL's block cache, unless the user sets GDAL_CACHEMAX: enough for a band of tiles of a
 # wide raster; GDAL's default (5% of RAM) would let memory grow with the raster.
 GDAL_CACHE_BYTES = 128 * 2**20
@@ -63,16 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-confidence", metavar="CONF.tif",
                         help="confidence raster: the winning class's probability in percent "
                              "(uint8 0..100, nodata 255)")
-    parser.add_argument("--tile", type=int, metavar="N",
-                        help="tile size in pixels, a multiple of 32 (default: the model's)")
-    parser.add_argument("--overlap", type=int, metavar="N",
-                        help="tile overlap in pixels, at most half a tile (default: the model's)")
-    parser.add_argument("--batch", type=int, default=4, metavar="N", help="tiles per batch")
-    parser.add_argument("--device", default="auto",
-                        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--tta", choices=("none", "flip", "d4", "d4_plus"), default="none",
-                        help="test-time augmentation: flip = 3 passes, d4 = 8 passes per tile, "
-                             "d4_plus = 13 (d4, scales 0.75/1.25/1.5, brightness x0.9/x1.1)")
+    add_inference_arguments(parser)
     parser.add_argument("--bands", type=_band_list, metavar="1,2,3",
                         help="input bands (1-based, counted across inputs) in the model's order")
     parser.add_argument("--wavelengths", type=_wavelength_list, metavar="0.665,0.56,0.49",

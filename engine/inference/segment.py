@@ -355,12 +355,10 @@ class Segmenter:
             open_source(self.inputs, bands=bands, nodata=nodata, grid=work_grid, **band_stats)
             if self.resampled else self.native
         )
-        if overlap is None:  # the model's overlap, as the same share of another tile size
-            overlap = meta.tile_overlap if tile is None else \
-                meta.tile_overlap * tile // meta.tile_size
+        tile, overlap = meta.tiling(tile, overlap)
         self.tiles = TileGrid.plan(
-            work_grid.width, work_grid.height, meta.tile_size if tile is None else tile,
-            overlap, multiple=getattr(package.model, "input_multiple", 32), offset=tile_offset,
+            work_grid.width, work_grid.height, tile, overlap,
+            multiple=getattr(package.model, "input_multiple", 32), offset=tile_offset,
         )
         self.predictor = Predictor(package.model, torch_device, batch_size=batch_size, tta=tta,
                                    band_mean=band_stats["mean"], band_std=band_stats["std"],

@@ -10,6 +10,7 @@ resume exactly.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ IGNORE_INDEX = 255
 Sample = dict[str, Any]
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(Dataset, ABC):
     """Base class: subclasses set the attributes below and implement ``__len__`` and
     ``__getitem__`` returning a :data:`Sample`."""
 
@@ -41,11 +42,11 @@ class SegmentationDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
-    def __getitem__(self, index: int) -> Sample:
-        raise NotImplementedError
+    @abstractmethod
+    def __getitem__(self, index: int) -> Sample: ...
 
 
 def read_raster(

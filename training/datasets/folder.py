@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from osgeo import gdal
 
 from landcover.engine.errors import ConfigError
 from landcover.training.datasets.base import (
@@ -135,8 +136,6 @@ class ImageMaskFolder(SegmentationDataset):
 
 
 def read_shape(path: Path) -> tuple[int, int]:
-    from osgeo import gdal
-
     dataset = gdal.Open(str(path))
     return dataset.RasterYSize, dataset.RasterXSize
 
